@@ -1,0 +1,3 @@
+from nsm_cli.cli import main
+
+main()

@@ -1,0 +1,255 @@
+"""The only file reader: CSV/Parquet/globs -> polars frames with canonical column names.
+
+Every input column is read as text first and parsed by explicit rules (ISO dates, numbers
+with currency signs or thousands separators), so a stray "N/A" never becomes a number and
+every value that fails to parse can be counted and traced to its line by `validate`.
+Inputs are opened read-only and never modified.
+"""
+
+from __future__ import annotations
+
+import difflib
+import glob as globlib
+import io
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+
+from nsm_cli.errors import InputError, SchemaError
+
+LINE = "__line"  # 1-based line number of the record in its file (header = line 1)
+FILE = "__file"
+
+SYNONYMS: dict[str, tuple[str, ...]] = {
+    "account_id": (
+        "account_id", "account", "accountid", "customer_id", "customer", "org_id",
+        "organization_id", "organisation_id", "company_id", "tenant_id", "workspace_id",
+        "team_id", "client_id",
+    ),
+    "signup_date": (
+        "signup_date", "signup", "signed_up_at", "signup_at", "created_at", "created",
+        "created_date", "start_date", "started_at", "subscription_start", "first_seen",
+    ),
+    "churn_date": (
+        "churn_date", "churned_at", "churn", "canceled_at", "cancelled_at", "cancel_date",
+        "cancellation_date", "churned_on", "ended_at", "end_date",
+    ),
+    "expansion_date": (
+        "expansion_date", "expanded_at", "first_expansion_date", "upgrade_date", "upgraded_at",
+    ),
+    "timestamp": (
+        "timestamp", "event_time", "event_timestamp", "time", "ts", "occurred_at",
+        "created_at", "datetime", "event_date",
+    ),
+    "event": ("event", "event_name", "event_type", "action", "name", "type"),
+    "user_id": ("user_id", "user", "userid", "member_id", "person_id", "distinct_id"),
+    "value": ("value", "amount", "quantity"),
+    "date": ("date", "day", "week", "month", "period", "period_start", "snapshot_date"),
+    "mrr": ("mrr", "monthly_recurring_revenue", "revenue", "amount"),
+}
+SEGMENT_NAMES = ("plan", "tier", "segment", "seats", "industry", "region", "company_size", "size")
+
+_DATE_FORMATS = (
+    "%Y-%m-%d",
+    "%Y-%m-%dT%H:%M:%S%.f%z",
+    "%Y-%m-%d %H:%M:%S%.f%z",
+    "%Y-%m-%dT%H:%M:%S%.f",
+    "%Y-%m-%d %H:%M:%S%.f",
+    "%Y-%m-%dT%H:%M",
+    "%Y-%m-%d %H:%M",
+    "%Y/%m/%d",
+)
+NULL_TOKENS = ("", "na", "n/a", "nan", "null", "none", "-", "--", "#n/a")
+
+
+@dataclass(frozen=True, slots=True)
+class Table:
+    """One logical input (one file or a glob of files) as text columns plus line numbers."""
+
+    name: str
+    frame: pl.LazyFrame
+    columns: tuple[str, ...]
+
+
+def normalise_name(name: str) -> str:
+    return re.sub(r"[^0-9a-z]+", "_", name.strip().lower()).strip("_")
+
+
+def read_table(source: str, *, what: str) -> Table:
+    """Read a CSV/Parquet file or a glob of them; every column as text (CSV) or native (Parquet)."""
+    paths = _expand(source, what=what)
+    frames = [_read_one(path) for path in paths]
+    columns = frames[0].collect_schema().names()
+    for path, frame in zip(paths[1:], frames[1:], strict=True):
+        other = frame.collect_schema().names()
+        if sorted(other) != sorted(columns):
+            raise SchemaError(
+                f"its columns {other} differ from {paths[0]}'s {columns}; every file of a glob "
+                "must have the same columns",
+                file=path,
+            )
+    if len(frames) == 1:
+        frame = frames[0].with_columns(pl.lit(paths[0]).alias(FILE))
+    else:
+        frame = pl.concat(
+            [f.select(columns).with_columns(pl.lit(p).alias(FILE)) for p, f in zip(paths, frames, strict=True)]
+        )
+    data_columns = tuple(c for c in columns if c != LINE)
+    return Table(name=source if len(paths) > 1 else paths[0], frame=frame, columns=data_columns)
+
+
+def _expand(source: str, *, what: str) -> list[str]:
+    if any(ch in source for ch in "*?["):
+        paths = sorted(globlib.glob(source))
+        if not paths:
+            raise InputError(f"no file matches the {what} pattern {source!r}")
+        return paths
+    path = Path(source)
+    if not path.exists():
+        raise InputError(f"{what} file not found", file=source)
+    if path.is_dir():
+        raise InputError(f"{what} path is a folder; give a file or a glob like 'dir/*.csv'", file=source)
+    if not os.access(path, os.R_OK):
+        raise InputError(f"{what} file is not readable (permissions)", file=source)
+    return [source]
+
+
+def _read_one(path: str) -> pl.LazyFrame:
+    if path.lower().endswith((".parquet", ".pq")):
+        try:
+            frame = pl.scan_parquet(path)
+            frame.collect_schema()
+        except Exception as exc:  # noqa: BLE001 - polars raises many types for a corrupt file
+            raise InputError(f"not a readable Parquet file ({exc.__class__.__name__})", file=path) from None
+        return frame.with_row_index(LINE, offset=2)
+    with open(path, "rb") as handle:
+        head = handle.read(1 << 16)
+    if not head.strip():
+        raise InputError("the file is empty; expected a header line and data rows", file=path)
+    encoding = _sniff_encoding(head)
+    text_head = head.decode(encoding, errors="replace").lstrip("\ufeff")
+    lines = [line for line in text_head.splitlines() if line.strip()]
+    if len(lines) < 2 and len(head) < (1 << 16):
+        raise InputError("the file has a header but no data rows", file=path)
+    separator = _sniff_separator(lines[0])
+    options = dict(
+        separator=separator,
+        infer_schema=False,
+        row_index_name=LINE,
+        row_index_offset=2,
+        truncate_ragged_lines=True,
+    )
+    if encoding == "utf-8":
+        return pl.scan_csv(path, **options)
+    with open(path, "rb") as handle:  # Latin-1 (or cp1252): transcode in memory, never on disk
+        data = handle.read().decode(encoding).encode("utf-8")
+    return pl.read_csv(io.BytesIO(data), **options).lazy()
+
+
+def _sniff_encoding(head: bytes) -> str:
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if exc.start < len(head) - 4:  # not just a character cut at the end of the sample
+            return "cp1252" if _is_cp1252(head) else "latin-1"
+    return "utf-8"
+
+
+def _is_cp1252(data: bytes) -> bool:
+    try:
+        data.decode("cp1252")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _sniff_separator(header: str) -> str:
+    counts = {sep: header.count(sep) for sep in (",", ";", "\t", "|")}
+    best = max(counts, key=lambda sep: counts[sep])
+    return best if counts[best] > 0 else ","
+
+
+def find_column(
+    table: Table, role: str, *, override: str | None, required: bool, synonyms: tuple[str, ...] | None = None
+) -> str | None:
+    """Map a role (e.g. 'account_id') to a column of `table`, by override or by synonym."""
+    if override:
+        if override in table.columns:
+            return override
+        raise SchemaError(
+            f"column '{override}' (set for {role}) is not in the file;{_suggest(override, table)}",
+            file=table.name,
+            column=override,
+        )
+    by_norm = {normalise_name(c): c for c in table.columns}
+    for candidate in synonyms or SYNONYMS[role]:
+        if candidate in by_norm:
+            return by_norm[candidate]
+    if required:
+        raise SchemaError(
+            f"no {role} column; looked for {', '.join(SYNONYMS[role][:6])}, ….{_suggest(role, table)}"
+            f" Set it with --column {role}=NAME or [columns] in nsm.toml.",
+            file=table.name,
+        )
+    return None
+
+
+def _suggest(name: str, table: Table) -> str:
+    close = difflib.get_close_matches(name, table.columns, n=3, cutoff=0.4)
+    listed = ", ".join(table.columns[:12])
+    hint = f" closest: {', '.join(close)}." if close else ""
+    return f"{hint} Columns present: {listed}."
+
+
+def text(column: str) -> pl.Expr:
+    """A column as stripped text with the usual null spellings turned into null."""
+    value = pl.col(column).cast(pl.String).str.strip_chars()
+    return pl.when(value.str.to_lowercase().is_in(NULL_TOKENS)).then(None).otherwise(value)
+
+
+def detect_date_formats(frame: pl.LazyFrame, column: str) -> tuple[str, ...]:
+    """Formats (from _DATE_FORMATS) seen in the first 10,000 non-null values of `column`."""
+    sample = (
+        frame.select(_zulu(text(column)).alias("v")).drop_nulls().head(10_000).collect().to_series()
+    )
+    if sample.dtype != pl.String:
+        return ()
+    seen = tuple(f for f in _DATE_FORMATS if sample.str.to_datetime(f, strict=False).is_not_null().any())
+    return seen or _DATE_FORMATS[:1]
+
+
+def parse_datetime(column: str, formats: tuple[str, ...], dtype: pl.DataType) -> pl.Expr:
+    """Parse ISO dates/datetimes to naive UTC `Datetime('us')`; failures become null."""
+    if dtype == pl.Date or isinstance(dtype, pl.Datetime):
+        expr = pl.col(column)
+        if isinstance(dtype, pl.Datetime) and dtype.time_zone:
+            expr = expr.dt.convert_time_zone("UTC").dt.replace_time_zone(None)
+        return expr.cast(pl.Datetime("us"))
+    value = _zulu(text(column))
+    parsed = [
+        value.str.to_datetime(f, strict=False, time_unit="us", time_zone="UTC").dt.replace_time_zone(None)
+        if "%z" in f
+        else value.str.to_datetime(f, strict=False, time_unit="us")
+        for f in formats
+    ]
+    return pl.coalesce(parsed) if len(parsed) > 1 else parsed[0]
+
+
+def _zulu(expr: pl.Expr) -> pl.Expr:
+    return expr.str.replace(r"[Zz]$", "+00:00")
+
+
+def parse_number(column: str, dtype: pl.DataType) -> pl.Expr:
+    """Numbers with currency signs, spaces or thousands separators -> Float64; else null."""
+    if dtype.is_numeric():
+        return pl.col(column).cast(pl.Float64)
+    cleaned = text(column).str.replace_all(r"[\s$€£¥,_']", "")
+    cleaned = cleaned.str.replace(r"^\((.*)\)$", "-$1")  # accounting negatives: (12.50)
+    return cleaned.cast(pl.Float64, strict=False)
+
+
+def date_format_label(formats: tuple[str, ...]) -> str:
+    return ", ".join(f.replace("%.f", "[.fff]") for f in formats)

@@ -1,0 +1,358 @@
+"""Statistics over numpy arrays: the numpy/polars boundary of nsm.
+
+All estimators are vectorised over candidates (no Python loop over accounts) and checked in
+tests against lifelines and scipy on the same arrays. Conventions:
+
+- times are floats (days), events booleans (True = the outcome happened, False = censored);
+- `concordance` follows lifelines: C > 0.5 means a higher score goes with a *longer* time;
+- Cox coefficients are log hazard ratios per unit of the covariate given (nsm passes
+  standardised log1p(metric), so exp(beta) is the hazard ratio per standard deviation);
+  ties are handled with Efron's method, like lifelines' default.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats as sps
+
+Z_95 = float(sps.norm.ppf(0.975))
+
+
+@dataclass(frozen=True, slots=True)
+class CoxFit:
+    """Batched Cox fits: one row per model. `beta` (k, p), `variance` (k, p, p)."""
+
+    beta: np.ndarray
+    variance: np.ndarray
+    log_likelihood: np.ndarray
+    converged: np.ndarray
+    penalizer: float
+
+    @property
+    def se(self) -> np.ndarray:
+        return np.sqrt(np.clip(np.diagonal(self.variance, axis1=1, axis2=2), 0, None))
+
+    @property
+    def p_value(self) -> np.ndarray:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return 2 * sps.norm.sf(np.abs(self.beta / self.se))
+
+
+@dataclass(frozen=True, slots=True)
+class _RiskSets:
+    """Time structure shared by every Cox fit on the same (time, event)."""
+
+    order: np.ndarray  # accounts sorted by time
+    event_pos: np.ndarray  # positions (in sorted order) of events
+    risk_start: np.ndarray  # per event: first sorted position with time >= its time
+    group_start: np.ndarray  # per event: first event index of its tie group
+    group_end: np.ndarray  # per event: last event index of its tie group
+    efron_frac: np.ndarray  # per event: l / d within its tie group
+
+
+def _risk_sets(time: np.ndarray, event: np.ndarray) -> _RiskSets:
+    order = np.argsort(time, kind="stable")
+    t_sorted = time[order]
+    event_pos = np.flatnonzero(event[order])
+    t_events = t_sorted[event_pos]
+    risk_start = np.searchsorted(t_sorted, t_events, side="left")
+    group_start = np.searchsorted(t_events, t_events, side="left")
+    group_end = np.searchsorted(t_events, t_events, side="right") - 1
+    size = group_end - group_start + 1
+    frac = (np.arange(len(t_events)) - group_start) / size
+    return _RiskSets(order, event_pos, risk_start, group_start, group_end, frac)
+
+
+def _revcumsum(a: np.ndarray, axis: int = 1) -> np.ndarray:
+    return np.flip(np.cumsum(np.flip(a, axis=axis), axis=axis), axis=axis)
+
+
+def _efron_terms(rs: _RiskSets, X: np.ndarray, beta: np.ndarray):
+    """Log-likelihood (k,), gradient (k, p), Hessian (k, p, p) at beta for sorted X (k, n, p)."""
+    eta = np.einsum("knp,kp->kn", X, beta)
+    shift = eta.max(axis=1, keepdims=True)
+    w = np.exp(eta - shift)
+    wx = w[..., None] * X
+    wxx = wx[..., :, None] * X[..., None, :]
+    ev = rs.event_pos
+    parts = []
+    for a in (w, wx, wxx):
+        risk = _revcumsum(a)[:, rs.risk_start]
+        cum = np.cumsum(a[:, ev], axis=1)
+        zero = np.zeros_like(cum[:, :1])
+        cum = np.concatenate([zero, cum], axis=1)
+        deaths = cum[:, rs.group_end + 1] - cum[:, rs.group_start]
+        frac = rs.efron_frac.reshape((1, -1) + (1,) * (a.ndim - 2))
+        parts.append(risk - frac * deaths)
+    phi0, phi1, phi2 = parts
+    ratio1 = phi1 / phi0[..., None]
+    ll = eta[:, ev].sum(axis=1) - (np.log(phi0) + shift).sum(axis=1)
+    grad = X[:, ev].sum(axis=1) - ratio1.sum(axis=1)
+    hess = -(phi2 / phi0[..., None, None] - ratio1[..., :, None] * ratio1[..., None, :]).sum(axis=1)
+    return ll, grad, hess
+
+
+def cox_fit(time: np.ndarray, event: np.ndarray, X: np.ndarray, *, penalizer: float = 0.0,
+            max_iter: int = 60, tol: float = 1e-10) -> CoxFit:
+    """Fit k Cox models at once by Newton-Raphson with step halving (Efron ties).
+
+    X has shape (k, n, p): k models of p covariates over the same n accounts. The penalty is
+    lifelines' ridge term `n * penalizer * beta**2 / 2` (on the covariates as given).
+    """
+    X = np.asarray(X, dtype=float)
+    k, n, p = X.shape
+    rs = _risk_sets(np.asarray(time, float), np.asarray(event, bool))
+    Xs = X[:, rs.order]
+    beta = np.zeros((k, p))
+    eye = np.eye(p)
+    pen = penalizer * n
+
+    def terms(b: np.ndarray):
+        ll, g, h = _efron_terms(rs, Xs, b)
+        return ll - 0.5 * pen * (b**2).sum(1), g - pen * b, h - pen * eye
+
+    ll, grad, hess = terms(beta)
+    converged = np.zeros(k, bool)
+    step = np.ones(k)
+    for _ in range(max_iter):
+        delta = _solve(-hess, grad)
+        trial = beta + step[:, None] * delta
+        ll_t, grad_t, hess_t = terms(trial)
+        better = (ll_t >= ll - 1e-12 * np.abs(ll)) & np.isfinite(ll_t)
+        small = np.abs(step[:, None] * delta).max(axis=1) < tol
+        converged |= small & better
+        beta = np.where(better[:, None], trial, beta)
+        ll = np.where(better, ll_t, ll)
+        grad = np.where(better[:, None], grad_t, grad)
+        hess = np.where(better[:, None, None], hess_t, hess)
+        step = np.where(better, np.minimum(1.0, step * 2), step / 2)
+        if converged.all():
+            break
+    variance = np.linalg.pinv(-hess)
+    return CoxFit(beta, variance, ll, converged & np.isfinite(beta).all(1), penalizer)
+
+
+def _solve(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    try:
+        return np.linalg.solve(a, b[..., None])[..., 0]
+    except np.linalg.LinAlgError:
+        return np.einsum("kij,kj->ki", np.linalg.pinv(a), b)
+
+
+def cox_fit_chunked(time: np.ndarray, event: np.ndarray, X: np.ndarray, *, penalizer: float = 0.0,
+                    max_cells: int = 6_000_000) -> CoxFit:
+    """`cox_fit` over chunks of models so that k*n*p*p stays under `max_cells` floats."""
+    k, n, p = X.shape
+    size = max(1, max_cells // max(1, n * p * p))
+    fits = [cox_fit(time, event, X[i : i + size], penalizer=penalizer) for i in range(0, k, size)]
+    return CoxFit(
+        np.concatenate([f.beta for f in fits]), np.concatenate([f.variance for f in fits]),
+        np.concatenate([f.log_likelihood for f in fits]), np.concatenate([f.converged for f in fits]),
+        penalizer,
+    )
+
+
+def concordance(time: np.ndarray, event: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """Harrell's C of each row of `scores` (k, n) with (time, event), lifelines' convention.
+
+    Comparable pairs: (i, j) with i an event and T_j > T_i, or T_j == T_i with j censored.
+    A pair is concordant when score_j > score_i, and counts 1/2 when the scores tie.
+    O(n log n log R) per row, vectorised. NaN when no pair is comparable.
+    """
+    time = np.asarray(time, float)
+    event = np.asarray(event, bool)
+    n = len(time)
+    t_rank = np.unique(time, return_inverse=True)[1].ravel()
+    kappa = 2 * t_rank + (~event)
+    order = np.argsort(-kappa, kind="stable")  # positions: comparable partners come first
+    kappa_sorted = -kappa[order]
+    ev = np.flatnonzero(event[order])
+    before = np.searchsorted(kappa_sorted, kappa_sorted[ev], side="left")
+    pairs = before.sum()
+    scores = np.atleast_2d(np.asarray(scores, float))
+    out = np.full(scores.shape[0], np.nan)
+    if pairs == 0:
+        return out
+    pos = np.arange(n, dtype=np.int64)
+    for row, s in enumerate(scores):
+        r = np.unique(s[order], return_inverse=True)[1].ravel().astype(np.int64)
+        ties = _count_prefix_equal(r, pos, r[ev], before, n)
+        greater = np.zeros(len(ev), dtype=np.int64)
+        for b in range(int(r.max()).bit_length()):
+            want = ((r[ev] >> b) & 1) == 0
+            target = (r[ev][want] >> b) + 1
+            greater[want] += _count_prefix_equal(r >> b, pos, target, before[want], n)
+        out[row] = (greater.sum() + 0.5 * ties.sum()) / pairs
+    return out
+
+
+def _count_prefix_equal(keys: np.ndarray, pos: np.ndarray, target: np.ndarray, limit: np.ndarray,
+                        n: int) -> np.ndarray:
+    """For each query q: #{j : pos_j < limit_q and keys_j == target_q}."""
+    combined = np.sort(keys * n + pos)
+    return np.searchsorted(combined, target * n + limit) - np.searchsorted(combined, target * n)
+
+
+@dataclass(frozen=True, slots=True)
+class KaplanMeier:
+    """Kaplan-Meier estimate: survival just after each distinct time in `times`."""
+
+    times: np.ndarray
+    survival: np.ndarray
+    at_risk: np.ndarray
+    events: np.ndarray
+    greenwood: np.ndarray  # cumulative sum of d / (n (n - d)), for the variance
+
+    def at(self, t: float) -> float:
+        """S(t) = P(T > t), a right-continuous step function; 1 before the first time."""
+        i = np.searchsorted(self.times, t, side="right") - 1
+        return float(self.survival[i]) if i >= 0 else 1.0
+
+    def ci_at(self, t: float) -> tuple[float, float]:
+        """95% CI of S(t) on the log(-log) scale, as lifelines computes it."""
+        i = np.searchsorted(self.times, t, side="right") - 1
+        if i < 0:
+            return (1.0, 1.0)
+        s, v = float(self.survival[i]), float(self.greenwood[i])
+        if s <= 0 or s >= 1:
+            return (s, s)
+        half = Z_95 * np.sqrt(v) / np.log(s)
+        return (float(s ** np.exp(-half)), float(s ** np.exp(half)))
+
+
+def kaplan_meier(time: np.ndarray, event: np.ndarray) -> KaplanMeier:
+    """KM estimate at every distinct time (events and censorings)."""
+    time = np.asarray(time, float)
+    event = np.asarray(event, bool)
+    times, inverse = np.unique(time, return_inverse=True)
+    removed = np.bincount(inverse, minlength=len(times))
+    deaths = np.bincount(inverse, weights=event, minlength=len(times))
+    at_risk = len(time) - np.concatenate([[0], np.cumsum(removed)[:-1]])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        factor = np.where(at_risk > 0, 1 - deaths / at_risk, 1.0)
+        green = np.where(at_risk - deaths > 0, deaths / (at_risk * (at_risk - deaths)), 0.0)
+    return KaplanMeier(times, np.cumprod(factor), at_risk, deaths, np.cumsum(green))
+
+
+def km_at_masks(time: np.ndarray, event: np.ndarray, masks: np.ndarray, horizon: float) -> np.ndarray:
+    """KM survival at `horizon` within each subgroup column of the boolean `masks` (n, Q)."""
+    time = np.asarray(time, float)
+    keep = np.asarray(event, bool) & (time <= horizon)
+    order = np.argsort(time, kind="stable")
+    t_sorted = time[order]
+    m_sorted = masks[order].astype(np.int32)
+    at_risk_all = _revcumsum(m_sorted, axis=0)
+    ev_times = np.unique(time[keep])
+    if len(ev_times) == 0:
+        return np.ones(masks.shape[1])
+    starts = np.searchsorted(t_sorted, ev_times, side="left")
+    ends = np.searchsorted(t_sorted, ev_times, side="right")
+    ev_sorted = (np.asarray(event, bool)[order])[:, None] * m_sorted
+    cum = np.vstack([np.zeros((1, masks.shape[1]), np.int64), np.cumsum(ev_sorted, axis=0)])
+    deaths = cum[ends] - cum[starts]
+    at_risk = at_risk_all[starts]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        factor = np.where(at_risk > 0, 1 - deaths / np.maximum(at_risk, 1), 1.0)
+    return np.prod(factor, axis=0)
+
+
+@dataclass(frozen=True, slots=True)
+class LogRank:
+    statistic: float
+    p_value: float
+    degrees_of_freedom: int
+
+
+def logrank(time: np.ndarray, event: np.ndarray, group: np.ndarray) -> LogRank:
+    """Log-rank test across the groups in `group` (k >= 2 levels), chi-square with k-1 df."""
+    time = np.asarray(time, float)
+    event = np.asarray(event, bool)
+    levels, g = np.unique(np.asarray(group), return_inverse=True)
+    k = len(levels)
+    if k < 2:
+        return LogRank(0.0, 1.0, 0)
+    times, t_idx = np.unique(time, return_inverse=True)
+    T = len(times)
+    removed = np.zeros((T, k))
+    deaths = np.zeros((T, k))
+    np.add.at(removed, (t_idx, g), 1)
+    np.add.at(deaths, (t_idx, g), event)
+    at_risk = removed.sum(0) - np.vstack([np.zeros((1, k)), np.cumsum(removed, 0)[:-1]])
+    n_tot = at_risk.sum(1)
+    d_tot = deaths.sum(1)
+    ok = (n_tot > 0) & (d_tot > 0)
+    at_risk, deaths, n_tot, d_tot = at_risk[ok], deaths[ok], n_tot[ok], d_tot[ok]
+    expected = at_risk * (d_tot / n_tot)[:, None]
+    diff = (deaths - expected).sum(0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        scale = np.where(n_tot > 1, d_tot * (n_tot - d_tot) / (n_tot**2 * (n_tot - 1)), 0.0)
+    share = at_risk  # covariance: scale * (n_tot * diag(n_j) - n_j n_l)
+    cov = np.einsum("t,tj,tl->jl", scale, share, share) * -1
+    cov[np.diag_indices(k)] += np.einsum("t,t,tj->j", scale, n_tot, share)
+    u, v = diff[:-1], cov[:-1, :-1]
+    stat = float(u @ np.linalg.pinv(v) @ u)
+    return LogRank(stat, float(sps.chi2.sf(stat, k - 1)), k - 1)
+
+
+def rank_columns(a: np.ndarray) -> np.ndarray:
+    """Average ranks of each column of a (n, k) matrix."""
+    return sps.rankdata(a, axis=0)
+
+
+def spearman_with(ranked: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Spearman correlation of each column (already ranked by `rank_columns`) with y."""
+    ry = sps.rankdata(y)
+    return _pearson_columns(ranked, ry)
+
+
+def _pearson_columns(a: np.ndarray, y: np.ndarray) -> np.ndarray:
+    a = a - a.mean(0)
+    y = y - y.mean()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return (a * y[:, None]).sum(0) / np.sqrt((a**2).sum(0) * (y**2).sum())
+
+
+def spearman_matrix(ranked: np.ndarray) -> np.ndarray:
+    """Spearman correlations between all columns of a ranked (n, k) matrix."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.corrcoef(ranked, rowvar=False)
+
+
+def bh_qvalues(p: np.ndarray) -> np.ndarray:
+    """Benjamini-Hochberg adjusted p-values; NaN inputs stay NaN and are not counted."""
+    p = np.asarray(p, float)
+    q = np.full_like(p, np.nan)
+    ok = np.isfinite(p)
+    m = int(ok.sum())
+    if m == 0:
+        return q
+    values = p[ok]
+    order = np.argsort(values, kind="stable")
+    ranked = values[order] * m / np.arange(1, m + 1)
+    adjusted = np.minimum.accumulate(ranked[::-1])[::-1].clip(max=1.0)
+    out = np.empty(m)
+    out[order] = adjusted
+    q[ok] = out
+    return q
+
+
+def retained_at(time: np.ndarray, event: np.ndarray, horizon: float) -> np.ndarray:
+    """Per-account retention at `horizon`, with KM imputation for early censoring.
+
+    1 if the account is known to be active at the horizon, 0 if it churned at or before it,
+    and S(horizon) / S(censoring time) — the KM probability of staying — if it was censored
+    earlier. So censored accounts are neither dropped nor counted as retained.
+    """
+    time = np.asarray(time, float)
+    event = np.asarray(event, bool)
+    km = kaplan_meier(time, event)
+    s_h = km.at(horizon)
+    idx = np.searchsorted(km.times, time, side="right") - 1
+    s_c = np.where(idx >= 0, km.survival[np.maximum(idx, 0)], 1.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        imputed = np.where(s_c > 0, s_h / s_c, 0.0)
+    out = np.where(time > horizon, 1.0, imputed)
+    out = np.where(event & (time <= horizon), 0.0, out)
+    return np.where(~event & (time >= horizon), 1.0, out)

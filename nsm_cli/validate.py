@@ -1,0 +1,320 @@
+"""Input checks: turn loaded tables into clean typed frames, warnings and exclusion counts.
+
+Every dropped row and every excluded account is counted by reason; nothing is dropped
+silently. Problems that make the analysis impossible raise `InputError` (exit code 3).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import polars as pl
+
+from nsm_cli.config import Settings
+from nsm_cli.errors import DataWarning, InputError, InsufficientDataError
+from nsm_cli.load import (
+    FILE,
+    LINE,
+    SEGMENT_NAMES,
+    Table,
+    date_format_label,
+    detect_date_formats,
+    find_column,
+    normalise_name,
+    parse_datetime,
+    parse_number,
+    text,
+)
+
+ID = "account_id"
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Usage data in one of three shapes.
+
+    - `events`: account_id, ts, event, [user_id], [value]
+    - `wide`: account_id, ts (the period date), one Float64 column per measure
+    - `snapshot`: account_id, one Float64 column per measure (no time; taken as in-window)
+    """
+
+    kind: str
+    frame: pl.DataFrame
+    measures: tuple[str, ...] = ()
+    has_user: bool = False
+    has_value: bool = False
+
+
+@dataclass(slots=True)
+class Problems:
+    """Collects warnings and per-reason exclusion counts while cleaning."""
+
+    warnings: list[DataWarning] = field(default_factory=list)
+    excluded: Counter[str] = field(default_factory=Counter)
+
+    def warn(self, code: str, message: str, *, count: int = 0, file: str | None = None,
+             column: str | None = None, example_row: int | None = None, advice: str = "") -> None:
+        self.warnings.append(DataWarning(code, message, count, file, column, example_row, advice))
+
+
+def first_line(frame: pl.DataFrame, mask: pl.Expr) -> tuple[int, int | None]:
+    """How many rows match `mask`, and the line number of the first one."""
+    hits = frame.select(mask.sum().alias("n"), pl.col(LINE).filter(mask).min().alias("line")).row(0)
+    return int(hits[0] or 0), (int(hits[1]) if hits[1] is not None else None)
+
+
+def _bad_date(raw: str, parsed: str) -> pl.Expr:
+    return text(raw).is_not_null() & pl.col(parsed).is_null()
+
+
+def clean_accounts(table: Table, settings: Settings, problems: Problems) -> tuple[pl.DataFrame, int, tuple[str, ...]]:
+    """Typed accounts (account_id, signup, churn, expansion, segments...), accounts in file, segments."""
+    cols = settings.columns
+    id_col = find_column(table, ID, override=cols.get(ID), required=True)
+    signup_col = find_column(table, "signup_date", override=cols.get("signup_date"), required=True)
+    churn_col = find_column(table, "churn_date", override=cols.get("churn_date"), required=False)
+    exp_col = find_column(table, "expansion_date", override=cols.get("expansion_date"), required=False)
+    segments = _segment_columns(table, settings, used={id_col, signup_col, churn_col, exp_col})
+    schema = table.frame.collect_schema()
+    dated = {"signup": signup_col, "churn": churn_col, "expansion": exp_col}
+    exprs = [text(id_col).alias(ID), pl.col(LINE)]
+    for name, col in dated.items():
+        if col is None:
+            exprs.append(pl.lit(None, dtype=pl.Datetime("us")).alias(name))
+            continue
+        formats = detect_date_formats(table.frame, col)
+        exprs += [parse_datetime(col, formats, schema[col]).alias(name), pl.col(col).alias(f"__raw_{name}")]
+    exprs += [text(s).alias(f"segment:{s}") for s in segments]
+    frame = table.frame.select(exprs).collect()
+    return _exclude_bad_accounts(frame, table, dated, problems), _accounts_in_file(frame), segments
+
+
+def _segment_columns(table: Table, settings: Settings, *, used: set[str | None]) -> tuple[str, ...]:
+    if settings.segments is not None:
+        missing = [s for s in settings.segments if s not in table.columns]
+        if missing:
+            raise InputError(f"segment column(s) {missing} not found; columns: {list(table.columns)}", file=table.name)
+        return settings.segments
+    return tuple(c for c in table.columns if normalise_name(c) in SEGMENT_NAMES and c not in used)
+
+
+def _accounts_in_file(frame: pl.DataFrame) -> int:
+    return frame.select(pl.col(ID).drop_nulls().n_unique() + pl.col(ID).null_count()).item()
+
+
+def _exclude_bad_accounts(frame: pl.DataFrame, table: Table, dated: dict[str, str | None], problems: Problems) -> pl.DataFrame:
+    checks = [
+        ("missing_account_id", pl.col(ID).is_null(), ID, "fill in the id or remove the row"),
+    ]
+    for name in ("signup", "churn", "expansion"):
+        col = dated[name]
+        if col is not None:
+            checks.append((f"invalid_{name}_date", _bad_date(f"__raw_{name}", name), col,
+                           "use ISO dates like 2025-01-31 or 2025-01-31T09:30:00Z"))
+    checks.append(("missing_signup_date", pl.col("signup").is_null(), dated["signup"], "every account needs a signup date"))
+    checks.append(("churn_before_signup", pl.col("churn") < pl.col("signup"), dated["churn"], "check the churn and signup dates"))
+    keep = frame
+    for reason, mask, column, advice in checks:
+        count, line = first_line(keep, mask)
+        if count:
+            bad = keep.filter(mask)
+            n_accounts = _accounts_in_file(bad)
+            problems.excluded[reason] += n_accounts
+            problems.warn(reason, f"{n_accounts} account(s) excluded: {reason.replace('_', ' ')}",
+                          count=n_accounts, file=table.name, column=column, example_row=line, advice=advice)
+            keep = keep.filter(~mask)
+    keep = _resolve_duplicates(keep, table, problems)
+    return keep.drop([c for c in keep.columns if c.startswith("__raw_")])
+
+
+def _resolve_duplicates(frame: pl.DataFrame, table: Table, problems: Problems) -> pl.DataFrame:
+    """Identical duplicate rows collapse to one (warning); conflicting duplicates are excluded."""
+    payload = [c for c in frame.columns if c not in (LINE, FILE) and not c.startswith("__raw_")]
+    distinct = frame.unique(subset=payload, keep="first", maintain_order=True)
+    identical = frame.height - distinct.height
+    if identical:
+        problems.warn("duplicate_rows", f"{identical} exact duplicate account row(s) collapsed",
+                      count=identical, file=table.name, column=ID)
+    conflict = pl.col(ID).is_duplicated()
+    count, line = first_line(distinct, conflict)
+    if not count:
+        return distinct
+    n_ids = distinct.filter(conflict).select(pl.col(ID).n_unique()).item()
+    problems.excluded["duplicate_conflicting"] += n_ids
+    problems.warn("duplicate_conflicting", f"{n_ids} account id(s) appear on several rows with different "
+                  "dates or segments; excluded because nsm cannot tell which row is right",
+                  count=n_ids, file=table.name, column=ID, example_row=line,
+                  advice="keep one row per account")
+    return distinct.filter(~conflict)
+
+
+def clean_events(table: Table, settings: Settings, problems: Problems) -> Usage:
+    """Event log -> account_id, ts, event[, user_id][, value]; bad rows dropped and counted."""
+    cols = settings.columns
+    schema = table.frame.collect_schema()
+    id_col = find_column(table, ID, override=cols.get(ID), required=True)
+    ts_col = find_column(table, "timestamp", override=cols.get("timestamp"), required=True)
+    ev_col = find_column(table, "event", override=cols.get("event"), required=True)
+    user_col = find_column(table, "user_id", override=cols.get("user_id"), required=False)
+    value_col = find_column(table, "value", override=cols.get("value"), required=False)
+    formats = detect_date_formats(table.frame, ts_col)
+    exprs = [
+        text(id_col).alias(ID),
+        parse_datetime(ts_col, formats, schema[ts_col]).alias("ts"),
+        text(ev_col).alias("event"),
+        pl.col(LINE),
+        (text(ts_col).is_not_null() & parse_datetime(ts_col, formats, schema[ts_col]).is_null()).alias("__bad_ts"),
+    ]
+    if user_col:
+        exprs.append(text(user_col).alias("user_id"))
+    if value_col:
+        exprs += [parse_number(value_col, schema[value_col]).alias("value"),
+                  (text(value_col).is_not_null() & parse_number(value_col, schema[value_col]).is_null()).alias("__bad_value")]
+    frame = table.frame.select(exprs).collect()
+    drops = [
+        ("events_missing_account_id", pl.col(ID).is_null(), id_col, "rows without an account id are ignored"),
+        ("events_invalid_timestamp", pl.col("__bad_ts"), ts_col,
+         f"formats seen: {date_format_label(formats)}; use one ISO format"),
+        ("events_missing_timestamp", pl.col("ts").is_null(), ts_col, "rows without a time are ignored"),
+        ("events_missing_name", pl.col("event").is_null(), ev_col, "rows without an event name are ignored"),
+    ]
+    frame = _drop_rows(frame, table, drops, problems)
+    if value_col:
+        count, line = first_line(frame, pl.col("__bad_value"))
+        if count:
+            problems.warn("events_invalid_value", f"{count} value(s) are not numbers; treated as missing",
+                          count=count, file=table.name, column=value_col, example_row=line)
+        frame = frame.drop("__bad_value")
+    return Usage("events", frame.drop("__bad_ts"), has_user=user_col is not None, has_value=value_col is not None)
+
+
+def _drop_rows(frame: pl.DataFrame, table: Table, drops: list, problems: Problems) -> pl.DataFrame:
+    for code, mask, column, advice in drops:
+        count, line = first_line(frame, mask)
+        if count:
+            problems.warn(code, f"{count} row(s) dropped: {code.replace('_', ' ')}", count=count,
+                          file=table.name, column=column, example_row=line, advice=advice)
+            frame = frame.filter(~mask)
+    return frame
+
+
+def clean_periodic(table: Table, settings: Settings, problems: Problems, *, date_col: str | None) -> Usage:
+    """Wide periodic table (date + numeric measures) or per-account snapshot (no date)."""
+    cols = settings.columns
+    schema = table.frame.collect_schema()
+    id_col = find_column(table, ID, override=cols.get(ID), required=True)
+    exprs = [text(id_col).alias(ID), pl.col(LINE)]
+    if date_col:
+        formats = detect_date_formats(table.frame, date_col)
+        exprs.append(parse_datetime(date_col, formats, schema[date_col]).alias("ts"))
+    others = [c for c in table.columns if c not in (id_col, date_col, FILE)]
+    frame = table.frame.select(exprs + [parse_number(c, schema[c]).alias(c) for c in others]
+                               + [text(c).is_not_null().alias(f"__raw_{c}") for c in others]).collect()
+    measures = []
+    for c in others:
+        raw = frame[f"__raw_{c}"].sum()
+        bad = frame.select((pl.col(f"__raw_{c}") & pl.col(c).is_null()).sum()).item()
+        if raw == 0 or bad > 0.5 * raw:
+            problems.warn("column_not_numeric", f"column '{c}' is not numeric; not used as a measure",
+                          file=table.name, column=c)
+        else:
+            measures.append(c)
+            if bad:
+                count, line = first_line(frame, pl.col(f"__raw_{c}") & pl.col(c).is_null())
+                problems.warn("invalid_number", f"{count} value(s) are not numbers; treated as missing",
+                              count=count, file=table.name, column=c, example_row=line)
+    frame = frame.select([ID, LINE] + (["ts"] if date_col else []) + measures)
+    drops = [("rows_missing_account_id", pl.col(ID).is_null(), id_col, "rows without an account id are ignored")]
+    if date_col:
+        drops.append(("rows_invalid_date", pl.col("ts").is_null(), date_col, "use ISO dates like 2025-01-31"))
+    frame = _drop_rows(frame, table, drops, problems)
+    if not measures:
+        raise InputError("no numeric measure columns found in the usage table", file=table.name)
+    if not date_col:
+        problems.warn("snapshot_timing_unknown", "the usage table has no date column: its values are taken as "
+                      "measured in the observation window, which nsm cannot check; metrics that follow account "
+                      "age are flagged tracks_tenure", file=table.name)
+    return Usage("wide" if date_col else "snapshot", frame, measures=tuple(measures))
+
+
+def clean_usage(table: Table, settings: Settings, problems: Problems) -> Usage:
+    """Detect the usage shape from its columns and clean it."""
+    cols = settings.columns
+    has_event = find_column(table, "event", override=cols.get("event"), required=False)
+    ts = find_column(table, "timestamp", override=cols.get("timestamp"), required=False)
+    if has_event and ts:
+        return clean_events(table, settings, problems)
+    date_col = find_column(table, "date", override=cols.get("date"), required=False) or ts
+    return clean_periodic(table, settings, problems, date_col=date_col)
+
+
+def clean_mrr(table: Table, settings: Settings, problems: Problems) -> pl.DataFrame:
+    """MRR history -> account_id, ts, mrr (negative or non-numeric values dropped and counted)."""
+    cols = settings.columns
+    schema = table.frame.collect_schema()
+    id_col = find_column(table, ID, override=cols.get(ID), required=True)
+    date_col = find_column(table, "date", override=cols.get("date"), required=True)
+    mrr_col = find_column(table, "mrr", override=cols.get("mrr"), required=True)
+    formats = detect_date_formats(table.frame, date_col)
+    frame = table.frame.select(
+        text(id_col).alias(ID), parse_datetime(date_col, formats, schema[date_col]).alias("ts"),
+        parse_number(mrr_col, schema[mrr_col]).alias("mrr"), pl.col(LINE),
+    ).collect()
+    drops = [
+        ("mrr_missing_account_id", pl.col(ID).is_null(), id_col, "rows without an account id are ignored"),
+        ("mrr_invalid_date", pl.col("ts").is_null(), date_col, f"formats seen: {date_format_label(formats)}"),
+        ("mrr_invalid_amount", pl.col("mrr").is_null(), mrr_col, "MRR must be a number like 49.00"),
+        ("mrr_negative", pl.col("mrr") < 0, mrr_col, "MRR cannot be negative; check refunds/credits"),
+    ]
+    return _drop_rows(frame, table, drops, problems).sort(ID, "ts")
+
+
+def latest_date(accounts: pl.DataFrame, usage: Usage | None, mrr: pl.DataFrame | None) -> datetime:
+    """The default `as_of`: the latest date seen in any input."""
+    candidates = [accounts.select(pl.max_horizontal(pl.col("signup").max(), pl.col("churn").max(),
+                                                    pl.col("expansion").max())).item()]
+    if usage is not None and "ts" in usage.frame.columns:
+        candidates.append(usage.frame["ts"].max())
+    if mrr is not None:
+        candidates.append(mrr["ts"].max())
+    values = [c for c in candidates if c is not None]
+    if not values:
+        raise InsufficientDataError("no valid dates in any input")
+    return max(values)
+
+
+def restrict_usage(usage: Usage, accounts: pl.DataFrame, as_of: datetime, settings: Settings,
+                   table: Table, problems: Problems) -> Usage:
+    """Drop (and count) usage rows for unknown accounts and after as_of; cap event types."""
+    frame = usage.frame
+    known = frame[ID].is_in(accounts[ID].implode())
+    count, line = first_line(frame, ~known)
+    if count:
+        n_ids = frame.filter(~known)[ID].n_unique()
+        problems.warn("usage_unknown_accounts", f"{count} usage row(s) for {n_ids} account id(s) not in the "
+                      "accounts file (or excluded from it) are ignored", count=count, file=table.name,
+                      column=ID, example_row=line, advice="check that both exports use the same account id")
+        frame = frame.filter(known)
+    if "ts" in frame.columns:
+        count, line = first_line(frame, pl.col("ts") > as_of)
+        if count:
+            problems.warn("usage_after_as_of", f"{count} usage row(s) after as_of ({as_of:%Y-%m-%d}) are ignored",
+                          count=count, file=table.name, example_row=line)
+            frame = frame.filter(pl.col("ts") <= as_of)
+    if usage.kind == "events":
+        frame = _cap_events(frame, settings.max_events, table, problems)
+    return Usage(usage.kind, frame.drop(LINE), usage.measures, usage.has_user, usage.has_value)
+
+
+def _cap_events(frame: pl.DataFrame, max_events: int, table: Table, problems: Problems) -> pl.DataFrame:
+    volumes = frame.group_by("event").len().sort(["len", "event"], descending=[True, False])
+    if volumes.height <= max_events:
+        return frame
+    kept = volumes.head(max_events)["event"]
+    dropped = volumes.height - max_events
+    problems.warn("events_capped", f"{volumes.height} distinct event types; kept the {max_events} with the most "
+                  f"rows and ignored {dropped} rarer ones", count=dropped, file=table.name, column="event",
+                  advice="raise --max-events to analyse more")
+    return frame.filter(pl.col("event").is_in(kept.implode()))
