@@ -45,91 +45,97 @@ class _RiskSets:
     """Time structure shared by every Cox fit on the same (time, event)."""
 
     order: np.ndarray  # accounts sorted by time
-    event_pos: np.ndarray  # positions (in sorted order) of events
-    risk_start: np.ndarray  # per event: first sorted position with time >= its time
-    group_start: np.ndarray  # per event: first event index of its tie group
-    group_end: np.ndarray  # per event: last event index of its tie group
-    efron_frac: np.ndarray  # per event: l / d within its tie group
+    block_starts: np.ndarray  # sorted positions where a new distinct time begins
+    event_pos: np.ndarray  # sorted positions of the events
+    event_block: np.ndarray  # per event: index of its time block
+    group_starts: np.ndarray  # per tie group of events: index of its first event
+    event_group: np.ndarray  # per event: index of its tie group
+    efron_frac: np.ndarray  # per event: l / d within its tie group of d events
 
 
 def _risk_sets(time: np.ndarray, event: np.ndarray) -> _RiskSets:
     order = np.argsort(time, kind="stable")
     t_sorted = time[order]
+    block_starts = np.flatnonzero(np.r_[True, t_sorted[1:] != t_sorted[:-1]])
+    block_of = np.cumsum(np.r_[False, t_sorted[1:] != t_sorted[:-1]])
     event_pos = np.flatnonzero(event[order])
     t_events = t_sorted[event_pos]
-    risk_start = np.searchsorted(t_sorted, t_events, side="left")
-    group_start = np.searchsorted(t_events, t_events, side="left")
-    group_end = np.searchsorted(t_events, t_events, side="right") - 1
-    size = group_end - group_start + 1
-    frac = (np.arange(len(t_events)) - group_start) / size
-    return _RiskSets(order, event_pos, risk_start, group_start, group_end, frac)
+    group_starts = np.flatnonzero(np.r_[True, t_events[1:] != t_events[:-1]]) if len(t_events) else event_pos
+    event_group = np.cumsum(np.r_[False, t_events[1:] != t_events[:-1]]) if len(t_events) else event_pos
+    sizes = np.diff(np.r_[group_starts, len(t_events)])
+    frac = (np.arange(len(t_events)) - group_starts[event_group]) / sizes[event_group]
+    return _RiskSets(order, block_starts, event_pos, block_of[event_pos], group_starts, event_group, frac)
 
 
 def _revcumsum(a: np.ndarray, axis: int = 1) -> np.ndarray:
     return np.flip(np.cumsum(np.flip(a, axis=axis), axis=axis), axis=axis)
 
 
-def _efron_terms(rs: _RiskSets, X: np.ndarray, beta: np.ndarray):
+def _efron_terms(rs: _RiskSets, X: np.ndarray, XX: np.ndarray, beta: np.ndarray):
     """Log-likelihood (k,), gradient (k, p), Hessian (k, p, p) at beta for sorted X (k, n, p)."""
     eta = np.einsum("knp,kp->kn", X, beta)
     shift = eta.max(axis=1, keepdims=True)
     w = np.exp(eta - shift)
-    wx = w[..., None] * X
-    wxx = wx[..., :, None] * X[..., None, :]
     ev = rs.event_pos
     parts = []
-    for a in (w, wx, wxx):
-        risk = _revcumsum(a)[:, rs.risk_start]
-        cum = np.cumsum(a[:, ev], axis=1)
-        zero = np.zeros_like(cum[:, :1])
-        cum = np.concatenate([zero, cum], axis=1)
-        deaths = cum[:, rs.group_end + 1] - cum[:, rs.group_start]
+    for a in (w, w[..., None] * X, w[..., None, None] * XX):
+        risk = _revcumsum(np.add.reduceat(a, rs.block_starts, axis=1))[:, rs.event_block]
+        deaths = np.add.reduceat(a[:, ev], rs.group_starts, axis=1)[:, rs.event_group]
         frac = rs.efron_frac.reshape((1, -1) + (1,) * (a.ndim - 2))
         parts.append(risk - frac * deaths)
     phi0, phi1, phi2 = parts
-    ratio1 = phi1 / phi0[..., None]
-    ll = eta[:, ev].sum(axis=1) - (np.log(phi0) + shift).sum(axis=1)
-    grad = X[:, ev].sum(axis=1) - ratio1.sum(axis=1)
-    hess = -(phi2 / phi0[..., None, None] - ratio1[..., :, None] * ratio1[..., None, :]).sum(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        ratio1 = phi1 / phi0[..., None]
+        ll = eta[:, ev].sum(axis=1) - (np.log(phi0) + shift).sum(axis=1)
+        grad = X[:, ev].sum(axis=1) - ratio1.sum(axis=1)
+        hess = -(phi2 / phi0[..., None, None] - ratio1[..., :, None] * ratio1[..., None, :]).sum(axis=1)
     return ll, grad, hess
 
 
 def cox_fit(time: np.ndarray, event: np.ndarray, X: np.ndarray, *, penalizer: float = 0.0,
-            max_iter: int = 60, tol: float = 1e-10) -> CoxFit:
+            max_iter: int = 50, tol: float = 1e-9, diverge_at: float = 25.0) -> CoxFit:
     """Fit k Cox models at once by Newton-Raphson with step halving (Efron ties).
 
     X has shape (k, n, p): k models of p covariates over the same n accounts. The penalty is
-    lifelines' ridge term `n * penalizer * beta**2 / 2` (on the covariates as given).
+    lifelines' ridge term `n * penalizer * beta**2 / 2` (on the covariates as given). Models
+    whose coefficients run past `diverge_at` (complete separation) stop early, unconverged.
     """
     X = np.asarray(X, dtype=float)
     k, n, p = X.shape
     rs = _risk_sets(np.asarray(time, float), np.asarray(event, bool))
     Xs = X[:, rs.order]
-    beta = np.zeros((k, p))
-    eye = np.eye(p)
+    XX = Xs[..., :, None] * Xs[..., None, :]
     pen = penalizer * n
+    eye = np.eye(p)
 
-    def terms(b: np.ndarray):
-        ll, g, h = _efron_terms(rs, Xs, b)
+    def terms(idx: np.ndarray, b: np.ndarray):
+        ll, g, h = _efron_terms(rs, Xs[idx], XX[idx], b)
         return ll - 0.5 * pen * (b**2).sum(1), g - pen * b, h - pen * eye
 
-    ll, grad, hess = terms(beta)
+    beta = np.zeros((k, p))
+    ll, grad, hess = terms(np.arange(k), beta)
+    done = np.zeros(k, bool)
     converged = np.zeros(k, bool)
-    step = np.ones(k)
     for _ in range(max_iter):
-        delta = _solve(-hess, grad)
-        trial = beta + step[:, None] * delta
-        ll_t, grad_t, hess_t = terms(trial)
-        better = (ll_t >= ll - 1e-12 * np.abs(ll)) & np.isfinite(ll_t)
-        small = np.abs(step[:, None] * delta).max(axis=1) < tol
-        converged |= small & better
-        beta = np.where(better[:, None], trial, beta)
-        ll = np.where(better, ll_t, ll)
-        grad = np.where(better[:, None], grad_t, grad)
-        hess = np.where(better[:, None, None], hess_t, hess)
-        step = np.where(better, np.minimum(1.0, step * 2), step / 2)
-        if converged.all():
+        idx = np.flatnonzero(~done)
+        if len(idx) == 0:
             break
+        delta = _solve(-hess[idx], grad[idx])
+        step = np.ones(len(idx))
+        pending = np.arange(len(idx))
+        for _halving in range(30):
+            trial = beta[idx[pending]] + step[pending, None] * delta[pending]
+            ll_t, g_t, h_t = terms(idx[pending], trial)
+            ok = np.isfinite(ll_t) & (ll_t >= ll[idx[pending]] - 1e-10 * np.abs(ll[idx[pending]]))
+            take = idx[pending[ok]]
+            beta[take], ll[take], grad[take], hess[take] = trial[ok], ll_t[ok], g_t[ok], h_t[ok]
+            pending = pending[~ok]
+            step[pending] /= 2
+            if len(pending) == 0:
+                break
+        moved = np.abs(step[:, None] * delta).max(axis=1)
+        converged[idx] = (moved < tol) | (np.abs(delta).max(axis=1) < tol)
+        done[idx] = converged[idx] | (np.abs(beta[idx]).max(axis=1) > diverge_at) | (step < 1e-9)
     variance = np.linalg.pinv(-hess)
     return CoxFit(beta, variance, ll, converged & np.isfinite(beta).all(1), penalizer)
 

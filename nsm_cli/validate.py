@@ -289,7 +289,7 @@ def restrict_usage(usage: Usage, accounts: pl.DataFrame, as_of: datetime, settin
                    table: Table, problems: Problems) -> Usage:
     """Drop (and count) usage rows for unknown accounts and after as_of; cap event types."""
     frame = usage.frame
-    known = frame[ID].is_in(accounts[ID].implode())
+    known = pl.col(ID).is_in(accounts[ID].implode())
     count, line = first_line(frame, ~known)
     if count:
         n_ids = frame.filter(~known)[ID].n_unique()

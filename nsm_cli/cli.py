@@ -1,0 +1,216 @@
+"""Command line: flags -> Settings -> library call -> renderer -> exit code. Only file that knows typer."""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import traceback
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from nsm_cli import __version__
+from nsm_cli.config import Settings, build_settings, parse_date, parse_duration, parse_weights
+from nsm_cli.errors import InputError, NsmError, UsageError
+from nsm_cli.pipeline import analyze
+from nsm_cli.render import render_csv, render_json, render_markdown, render_rich, render_text
+
+EXIT_OK, EXIT_GATE, EXIT_USAGE, EXIT_INPUT, EXIT_INTERNAL = 0, 1, 2, 3, 4
+
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
+    help="nsm: find the usage metric that best predicts that your customers stay and grow (your North Star).",
+)
+
+
+class Format(str, Enum):
+    table = "table"
+    json = "json"
+    csv = "csv"
+    markdown = "markdown"
+
+
+Accounts = Annotated[str | None, typer.Option("--accounts", "-a", help="Accounts CSV/Parquet (or glob): account_id, signup_date, churn_date, ...")]
+UsageOpt = Annotated[str | None, typer.Option("--usage", "-u", help="Usage CSV/Parquet (or glob): event log, periodic table or per-account table.")]
+Mrr = Annotated[str | None, typer.Option("--mrr", help="Optional MRR history: account_id, date, mrr.")]
+ConfigOpt = Annotated[Path | None, typer.Option("--config", help="Settings file (default: ./nsm.toml when present).")]
+Column = Annotated[list[str] | None, typer.Option("--column", help="Column mapping ROLE=NAME, e.g. --column account_id=org (repeatable).")]
+Window = Annotated[str | None, typer.Option("--window", help="Observation window after signup (default 30d).")]
+Horizon = Annotated[str | None, typer.Option("--horizon", help="Retention horizon after the landmark (default 90d).")]
+AsOf = Annotated[str | None, typer.Option("--as-of", help="Export date; default: the latest date in the inputs.")]
+Landmark = Annotated[str | None, typer.Option("--landmark", help="Calendar landmark DATE (metrics over the window before it).")]
+ExpMin = Annotated[float | None, typer.Option("--expansion-min", help="MRR rise that counts as expansion (default 0.10).")]
+Segments = Annotated[str | None, typer.Option("--segments", help="Comma-separated segment columns to adjust for (default: plan, seats, segment... when present).")]
+WeightsOpt = Annotated[str | None, typer.Option("--weights", help="Score weights, e.g. churn=0.6,expansion=0.4.")]
+Seed = Annotated[int | None, typer.Option("--seed", help="Seed of the holdout split (default 0).")]
+MaxEvents = Annotated[int | None, typer.Option("--max-events", help="Analyse at most this many event types, by volume (default 100).")]
+Debug = Annotated[bool, typer.Option("--debug", help="Show tracebacks.")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or warnings on stderr.")]
+
+
+def _settings(config: Path | None, column: list[str] | None, **flags) -> Settings:
+    columns = {}
+    for item in column or []:
+        role, sep, name = item.partition("=")
+        if not sep:
+            raise UsageError(f"--column expects ROLE=NAME, got {item!r}")
+        columns[role.strip()] = name.strip()
+    if config is None and Path("nsm.toml").is_file():
+        config = Path("nsm.toml")
+    conv = {
+        "window_days": lambda v: parse_duration(v, name="--window"),
+        "horizon_days": lambda v: parse_duration(v, name="--horizon"),
+        "as_of": lambda v: parse_date(v, name="--as-of"),
+        "landmark": lambda v: parse_date(v, name="--landmark"),
+        "weights": parse_weights,
+        "segments": lambda v: tuple(s.strip() for s in v.split(",") if s.strip()),
+    }
+    values = {k: (conv[k](v) if k in conv and v is not None else v) for k, v in flags.items()}
+    return build_settings(config, columns=columns, **values)
+
+
+def _fail(err: Console, code: int, message: str) -> typer.Exit:
+    err.print(f"nsm: error: {message}", markup=False, highlight=False, soft_wrap=True)
+    return typer.Exit(code)
+
+
+def _write_output(text: str, output: Path | None, inputs: list[str | None]) -> None:
+    """stdout, or an atomic write (temp file + rename) that refuses to overwrite an input."""
+    if output is None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return
+    target = output.resolve()
+    for src in inputs:
+        if src and Path(src).exists() and Path(src).resolve() == target:
+            raise UsageError(f"--output {output} is one of the input files; refusing to overwrite it")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
+            handle.write(text)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _run(err: Console, debug: bool, body) -> None:
+    """Run a command body, mapping library errors to exit codes (no traceback unless --debug)."""
+    try:
+        code = body()
+    except typer.Exit:
+        raise
+    except UsageError as exc:
+        raise _fail(err, EXIT_USAGE, str(exc)) from None
+    except (InputError, NsmError) as exc:
+        raise _fail(err, EXIT_INPUT, str(exc)) from None
+    except BrokenPipeError:
+        raise typer.Exit(EXIT_OK) from None
+    except Exception as exc:  # noqa: BLE001 - the one place that turns bugs into exit code 4
+        if debug:
+            traceback.print_exc()
+        raise _fail(err, EXIT_INTERNAL, f"internal error ({exc.__class__.__name__}: {exc}); rerun with --debug "
+                    "and report it") from None
+    raise typer.Exit(code)
+
+
+def _progress(err: Console, quiet: bool):
+    if quiet or not err.is_terminal:
+        return None
+    return lambda msg: err.print(f"[dim]nsm: {msg}…[/dim]")
+
+
+@app.command()
+def rank(
+    accounts: Accounts = None, usage: UsageOpt = None, mrr: Mrr = None, config: ConfigOpt = None,
+    column: Column = None, window: Window = None, horizon: Horizon = None, as_of: AsOf = None,
+    landmark: Landmark = None, expansion_min: ExpMin = None, segments: Segments = None,
+    weights: WeightsOpt = None, seed: Seed = None, max_events: MaxEvents = None,
+    format: Annotated[Format, typer.Option("--format", "-f", help="table (terminal), json, csv or markdown.")] = Format.table,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write to FILE (atomically) instead of stdout.")] = None,
+    top: Annotated[int | None, typer.Option("--top", "-n", min=1, help="Show only the N best candidates.")] = None,
+    fail_under: Annotated[float | None, typer.Option("--fail-under", help="Exit 1 if the best score is below SCORE.")] = None,
+    expect_top: Annotated[str | None, typer.Option("--expect-top", help="Exit 1 unless NAME (or its family) ranks first.")] = None,
+    debug: Debug = False, quiet: Quiet = False,
+) -> None:
+    """Rank every candidate metric by how well it predicts retention and expansion."""
+    err = Console(stderr=True)
+
+    def body() -> int:
+        settings = _settings(config, column, accounts=accounts, usage=usage, mrr=mrr, window_days=window,
+                             horizon_days=horizon, as_of=as_of, landmark=landmark, expansion_min=expansion_min,
+                             segments=segments, weights=weights, seed=seed, max_events=max_events)
+        report = analyze(settings, progress=_progress(err, quiet))
+        if not quiet:
+            for w in report.data.warnings:
+                err.print(f"nsm: warning: {w['message']}", markup=False, highlight=False, soft_wrap=True)
+        if format is Format.table and output is None and Console().is_terminal:
+            Console().print(render_rich(report, top=top))
+        else:
+            text = {Format.json: lambda: render_json(report), Format.csv: lambda: render_csv(report),
+                    Format.markdown: lambda: render_markdown(report, top=top),
+                    Format.table: lambda: render_text(report, top=top)}[format]()
+            _write_output(text, output, [settings.accounts, settings.usage, settings.mrr])
+        return _gates(err, report, fail_under, expect_top)
+
+    _run(err, debug, body)
+
+
+def _gates(err: Console, report, fail_under: float | None, expect_top: str | None) -> int:
+    best = report.candidates[0] if report.candidates else None
+    if fail_under is not None and (best is None or best.score < fail_under):
+        err.print(f"nsm: gate failed: best score {best.score if best else 0:.1f} < --fail-under {fail_under:g}",
+                  markup=False, highlight=False)
+        return EXIT_GATE
+    if expect_top is not None and (best is None or expect_top not in (best.name, best.family)):
+        err.print(f"nsm: gate failed: top candidate is {best.name if best else 'none'}, expected {expect_top}",
+                  markup=False, highlight=False)
+        return EXIT_GATE
+    return EXIT_OK
+
+
+@app.command()
+def sample(
+    output_dir: Annotated[Path, typer.Option("--output-dir", "-o", help="Folder to write the dataset into.")] = Path("nsm_sample"),
+    n_accounts: Annotated[int, typer.Option("--accounts", "-n", min=50, help="Number of accounts.")] = 2000,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
+    events_per_account: Annotated[float, typer.Option("--events-per-account", min=10, help="Mean events per account (roughly).")] = 100.0,
+    parquet: Annotated[bool, typer.Option("--parquet", help="Write the event log as Parquet.")] = False,
+    debug: Debug = False,
+) -> None:
+    """Write a realistic synthetic dataset with a documented ground truth."""
+    from nsm_cli.sample import write_sample
+
+    err = Console(stderr=True)
+
+    def body() -> int:
+        truth = write_sample(output_dir, n_accounts, seed=seed, mean_events=events_per_account, parquet=parquet)
+        sys.stdout.write(f"wrote {n_accounts} accounts to {output_dir}/ (seed {truth.seed}); ground truth in "
+                         f"{output_dir}/ground_truth.json\n")
+        return EXIT_OK
+
+    _run(err, debug, body)
+
+
+def version_callback(value: bool) -> None:
+    if value:
+        sys.stdout.write(f"nsm {__version__}\n")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: Annotated[bool, typer.Option("--version", callback=version_callback, is_eager=True,
+                                                 help="Show the version and exit.")] = False) -> None:
+    """nsm: find the usage metric that best predicts that your customers stay and grow."""
+
+
+def main() -> None:
+    try:
+        app()
+    except BrokenPipeError:
+        sys.exit(EXIT_OK)

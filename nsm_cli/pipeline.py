@@ -1,0 +1,193 @@
+"""analyze(): load -> validate -> outcomes -> candidates -> statistics -> ranking -> Report."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+import numpy as np
+import polars as pl
+
+from nsm_cli import __version__, stats
+from nsm_cli.candidates import CandidateSet, build_event_candidates, build_periodic_candidates, coverage
+from nsm_cli.config import Settings
+from nsm_cli.errors import DataWarning, InputError, InsufficientDataError
+from nsm_cli.evidence import OutcomeData, gather_evidence, segment_design
+from nsm_cli.load import read_table
+from nsm_cli.outcomes import Cohort, build_cohort
+from nsm_cli.ranking import CandidateFacts, find_threshold, holdout_split, outcome_stats, rank_candidates
+from nsm_cli.results import DataSummary, Report
+from nsm_cli.validate import Problems, Usage, clean_accounts, clean_mrr, clean_usage, latest_date, restrict_usage
+
+MIN_ACCOUNTS = 30
+MIN_EVENTS = 10
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Inputs:
+    """Clean, typed inputs and everything learnt while cleaning them."""
+
+    accounts: pl.DataFrame
+    usage: Usage | None
+    mrr: pl.DataFrame | None
+    as_of: datetime
+    segments: tuple[str, ...]
+    accounts_in_file: int
+    has_churn_column: bool
+    has_expansion_column: bool
+    problems: Problems
+
+
+def load_inputs(settings: Settings) -> Inputs:
+    problems = Problems()
+    accounts_table = read_table(settings.accounts, what="accounts")
+    accounts, in_file, segments = clean_accounts(accounts_table, settings, problems)
+    has_churn = accounts["churn"].null_count() < accounts.height or "churn_date" in _roles(accounts_table, settings)
+    has_exp = "expansion_date" in _roles(accounts_table, settings)
+    usage_table = read_table(settings.usage, what="usage") if settings.usage else None
+    usage = clean_usage(usage_table, settings, problems) if usage_table else None
+    mrr = clean_mrr(read_table(settings.mrr, what="MRR"), settings, problems) if settings.mrr else None
+    as_of = settings.as_of or latest_date(accounts, usage, mrr)
+    if accounts.height and accounts["signup"].min() > as_of:
+        raise InputError(f"--as-of {as_of:%Y-%m-%d} is before every signup (first signup "
+                         f"{accounts['signup'].min():%Y-%m-%d}); nothing can be analysed", file=settings.accounts)
+    if usage is not None and usage_table is not None:
+        usage = restrict_usage(usage, accounts, as_of, settings, usage_table, problems)
+    if mrr is not None:
+        mrr = mrr.filter(pl.col("account_id").is_in(accounts["account_id"].implode()) & (pl.col("ts") <= as_of))
+    return Inputs(accounts.drop("__line", "__file", strict=False), usage, mrr, as_of, segments, in_file,
+                  has_churn, has_exp, problems)
+
+
+def _roles(table, settings: Settings) -> set[str]:
+    from nsm_cli.load import find_column
+
+    found = set()
+    for role in ("churn_date", "expansion_date"):
+        if find_column(table, role, override=settings.columns.get(role), required=False):
+            found.add(role)
+    return found
+
+
+def _outcomes(cohort: Cohort, horizon: float) -> tuple[OutcomeData, OutcomeData | None]:
+    f = cohort.frame
+    t, e = f["churn_time"].to_numpy().astype(float), f["churn_event"].to_numpy().astype(bool)
+    churn = OutcomeData("churn", np.arange(f.height), t, e, stats.retained_at(t, e, horizon),
+                        f"retained at {horizon:g} days (Kaplan-Meier imputed)")
+    if not cohort.has_expansion:
+        return churn, None
+    known = f["exp_time"].is_not_null().to_numpy()
+    rows = np.flatnonzero(known)
+    te = f["exp_time"].to_numpy()[rows].astype(float)
+    ee = f["exp_event"].to_numpy()[rows].astype(bool)
+    if cohort.has_expansion_amount:
+        target, label = f["exp_amount"].fill_null(0.0).to_numpy()[rows], "expansion amount (MRR)"
+    else:
+        target, label = 1 - stats.retained_at(te, ee, horizon), f"expanded by {horizon:g} days"
+    return churn, OutcomeData("expansion", rows, te, ee, target, label)
+
+
+def _check_enough(cohort: Cohort, churn: OutcomeData) -> None:
+    n, events = len(churn.time), int(churn.event.sum())
+    if n < MIN_ACCOUNTS:
+        raise InsufficientDataError(
+            f"only {n} account(s) can be analysed (excluded: {dict(cohort.excluded) or 'none'}); at least "
+            f"{MIN_ACCOUNTS} are needed. Check --window, --as-of and the signup dates.")
+    if events < MIN_EVENTS or n - events < MIN_EVENTS:
+        what = "churned" if events < MIN_EVENTS else "stayed (none churned)"
+        raise InsufficientDataError(
+            f"only {min(events, n - events)} of {n} analysed accounts {what}; survival statistics need at "
+            f"least {MIN_EVENTS} churns and {MIN_EVENTS} retained accounts. Use a later --as-of or more data.")
+
+
+def build_candidates(inputs: Inputs, cohort: Cohort, settings: Settings) -> CandidateSet:
+    if inputs.usage is None:
+        raise InputError("no usage data: pass --usage FILE (an event log, a periodic table or a per-account table)")
+    if inputs.usage.kind == "events":
+        return build_event_candidates(inputs.usage, cohort.frame, settings)
+    return build_periodic_candidates(inputs.usage, cohort.frame, settings)
+
+
+def analyze(settings: Settings, *, progress: Progress | None = None) -> Report:
+    """Rank every candidate metric. Raises InputError subclasses for unusable data."""
+    say = progress or (lambda _msg: None)
+    say("loading inputs")
+    inputs = load_inputs(settings)
+    say("building outcomes")
+    cohort = build_cohort(inputs.accounts, inputs.mrr, settings, inputs.as_of,
+                          has_churn_column=inputs.has_churn_column, has_expansion_column=inputs.has_expansion_column)
+    churn, expansion = _outcomes(cohort, settings.horizon_days)
+    _check_enough(cohort, churn)
+    say("building candidates")
+    cands = build_candidates(inputs, cohort, settings)
+    if not cands.candidates:
+        raise InsufficientDataError("no usable candidate metric: every candidate is constant or nearly empty "
+                                    f"({len(cands.skipped)} skipped)")
+    say(f"fitting {len(cands.candidates)} candidates")
+    report = _assess(inputs, cohort, cands, churn, expansion, settings)
+    say("done")
+    return report
+
+
+def _assess(inputs: Inputs, cohort: Cohort, cands: CandidateSet, churn: OutcomeData,
+            expansion: OutcomeData | None, settings: Settings) -> Report:
+    names = [c.name for c in cands.candidates]
+    matrix = cands.metrics.select(names).to_numpy().astype(float)
+    design = segment_design(cohort.frame, inputs.segments) if inputs.segments else None
+    ev_churn = gather_evidence(churn, matrix, design, direction=1.0)
+    ev_exp = gather_evidence(expansion, matrix, design, direction=-1.0) if expansion else None
+    train = holdout_split(cohort.frame["account_id"].to_numpy(), settings.seed)
+    ranked = stats.rank_columns(matrix)
+    tenure = stats.spearman_with(ranked, cohort.frame["age_days"].to_numpy())
+    cover = coverage(cands.metrics, cands.candidates, settings.window_days)
+    facts, churn_stats, exp_stats = [], [], []
+    for j, c in enumerate(cands.candidates):
+        facts.append(CandidateFacts(c.name, c.source, c.aggregation, c.origin, cover[c.name],
+                                    float(np.nan_to_num(tenure[j])), cands.source_growth.get(c.source, 1.0)))
+        thr = find_threshold(matrix[:, j], churn, train, settings.horizon_days)
+        churn_stats.append(outcome_stats(ev_churn, j, churn.spearman_target_name, thr))
+        if expansion and ev_exp is not None:
+            rows = expansion.rows
+            thr_e = find_threshold(matrix[rows, j], expansion, train[rows], settings.horizon_days)
+            exp_stats.append(outcome_stats(ev_exp, j, expansion.spearman_target_name, thr_e))
+        else:
+            exp_stats.append(None)
+    similarity = stats.spearman_matrix(ranked) if len(names) > 1 else np.ones((1, 1))
+    results = rank_candidates(facts, churn_stats, exp_stats, np.nan_to_num(similarity), settings.weights)
+    return Report(settings=_settings_dict(settings, inputs), data=_summary(inputs, cohort, cands, churn, expansion),
+                  candidates=results, meta={"nsm_version": __version__})
+
+
+def _settings_dict(settings: Settings, inputs: Inputs) -> dict:
+    d = dataclasses.asdict(settings)
+    d["as_of"] = inputs.as_of.isoformat()
+    d["landmark"] = settings.landmark.isoformat() if settings.landmark else None
+    d["landmark_mode"] = "calendar" if settings.landmark else "signup"
+    d["segments"] = list(inputs.segments)
+    d["candidates"] = [dataclasses.asdict(c) for c in settings.candidates]
+    return d
+
+
+def _summary(inputs: Inputs, cohort: Cohort, cands: CandidateSet, churn: OutcomeData,
+             expansion: OutcomeData | None) -> DataSummary:
+    excluded = dict(inputs.problems.excluded)
+    for reason, n in cohort.excluded.items():
+        excluded[reason] = excluded.get(reason, 0) + n
+    warnings = [w.to_dict() for w in [*inputs.problems.warnings, *cands.warnings]]
+    signups = cohort.frame["signup"]
+    return DataSummary(
+        accounts_total=inputs.accounts_in_file, accounts_analysed=cohort.frame.height, excluded=excluded,
+        expansion_accounts=len(expansion.rows) if expansion else 0,
+        expansion_excluded=dict(cohort.expansion_excluded),
+        churn_events=int(churn.event.sum()), expansion_events=int(expansion.event.sum()) if expansion else 0,
+        usage_kind=inputs.usage.kind if inputs.usage else "none", as_of=inputs.as_of.isoformat(),
+        first_signup=signups.min().isoformat() if signups.len() else None,
+        last_signup=signups.max().isoformat() if signups.len() else None,
+        warnings=tuple(warnings), skipped_candidates=cands.skipped,
+    )
+
+
+__all__ = ["analyze", "load_inputs", "Inputs", "DataWarning"]

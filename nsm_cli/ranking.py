@@ -1,0 +1,197 @@
+"""The decision policy: thresholds with holdout, score, flags, families, rank order.
+
+Score (0-100), documented in the README and reported component by component:
+
+    power_o    = clip((C_o - 0.5) / 0.25, 0, 1)          for o in churn, expansion
+    evidence_o = power_o * (1 if q_o < 0.05 else 0.5)
+    combined   = (w_churn * evidence_churn + w_exp * evidence_exp) / (w_churn + w_exp)
+    coverage_f = min(1, coverage / 0.20)
+    penalty    = 0 for risk_signal, tracks_tenure, too_good_to_be_true; 0.5 for confounded; else 1
+    score      = 100 * combined * coverage_f * penalty
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from nsm_cli import stats
+from nsm_cli.config import Weights
+from nsm_cli.evidence import Evidence, OutcomeData
+from nsm_cli.results import CandidateResult, OutcomeStats, Threshold
+
+ALPHA = 0.05
+FULL_POWER_C = 0.75
+FULL_COVERAGE = 0.20
+LOW_COVERAGE = 0.10
+MIN_SIDE_SHARE = 0.10
+REDUNDANT_RHO = 0.9
+TENURE_RHO = 0.7
+TOO_GOOD_C = 0.95
+VANITY_GROWTH = 1.25
+NO_POWER_C = 0.02
+CONFOUNDED_KEEP = 0.5  # adjusted log HR keeps less than half of the raw one
+VOLUME_AGGREGATIONS = {"count", "sum", "active_days", "active_weeks", "users", "per_user", "mean", "value",
+                       "active_periods"}
+
+
+def holdout_split(ids: np.ndarray, seed: int) -> np.ndarray:
+    """Deterministic half split by a 64-bit FNV-1a hash of the account id (True = training half)."""
+    raw = np.char.encode(ids.astype(str), "utf-8")
+    width = max(1, raw.dtype.itemsize)
+    codes = np.frombuffer(raw.astype(f"S{width}").tobytes(), dtype=np.uint8).reshape(len(ids), width)
+    lengths = np.char.str_len(raw)
+    h = np.full(len(ids), np.uint64(0xCBF29CE484222325) ^ np.uint64(seed & 0xFFFFFFFF), dtype=np.uint64)
+    prime = np.uint64(0x100000001B3)
+    with np.errstate(over="ignore"):
+        for j in range(width):
+            live = j < lengths
+            h = np.where(live, (h ^ codes[:, j].astype(np.uint64)) * prime, h)
+    return (h >> np.uint64(33)) % np.uint64(2) == 0
+
+
+def find_threshold(values: np.ndarray, outcome: OutcomeData, train: np.ndarray, horizon: float) -> Threshold | None:
+    """Best 'metric >= t' split of outcome-free survival at `horizon`, confirmed on the holdout."""
+    t, e = outcome.time, outcome.event
+    tv = values[train]
+    if len(tv) < 20 or (~train).sum() < 20:
+        return None
+    grid = np.unique(np.quantile(tv, np.linspace(0.1, 0.9, 17), method="higher"))
+    share = (tv[:, None] >= grid[None, :]).mean(axis=0)
+    grid = grid[(share >= MIN_SIDE_SHARE) & (share <= 1 - MIN_SIDE_SHARE)]
+    if len(grid) == 0:
+        return None
+    above = tv[:, None] >= grid[None, :]
+    surv = stats.km_at_masks(t[train], e[train], np.hstack([above, ~above]), horizon)
+    diff = surv[: len(grid)] - surv[len(grid):]
+    best = int(np.argmax(np.abs(diff)))
+    cut = float(grid[best])
+    hold = ~train
+    hold_above = values[hold] >= cut
+    hold_surv = stats.km_at_masks(t[hold], e[hold], np.stack([hold_above, ~hold_above], axis=1), horizon)
+    hold_p = stats.logrank(t[hold], e[hold], hold_above).p_value if 0 < hold_above.sum() < hold.sum() else 1.0
+    all_above = values >= cut
+    full = stats.km_at_masks(t, e, np.stack([all_above, ~all_above], axis=1), horizon)
+    confirmed = bool(np.sign(hold_surv[0] - hold_surv[1]) == np.sign(diff[best]) and hold_p < ALPHA)
+    return Threshold(
+        value=cut, share_above=float(all_above.mean()), retention_above=float(full[0]),
+        retention_below=float(full[1]), holdout_retention_above=float(hold_surv[0]),
+        holdout_retention_below=float(hold_surv[1]), holdout_p_value=float(hold_p), holdout_confirmed=confirmed,
+        logrank_p_value=stats.logrank(t, e, all_above).p_value,
+    )
+
+
+def reach_label(coverage: float) -> str:
+    if coverage < 0.10:
+        return "rare"
+    if coverage < 0.50:
+        return "minority"
+    if coverage <= 0.90:
+        return "majority"
+    return "almost all"
+
+
+def outcome_stats(ev: Evidence, j: int, target: str, threshold: Threshold | None) -> OutcomeStats:
+    low, high = ev.ci
+    return OutcomeStats(
+        n_accounts=ev.n_accounts, n_events=ev.n_events, concordance=float(ev.concordance[j]),
+        hazard_ratio=float(ev.hazard_ratio[j]), hr_ci_low=float(low[j]), hr_ci_high=float(high[j]),
+        p_value=float(ev.p_value[j]), q_value=float(ev.q_value[j]), spearman=float(ev.spearman[j]),
+        spearman_target=target, fit="penalized" if ev.penalized[j] else "ok",
+        adjusted_hazard_ratio=None if ev.adjusted_log_hr is None else float(np.exp(ev.adjusted_log_hr[j])),
+        adjusted_p_value=None if ev.adjusted_p_value is None else float(ev.adjusted_p_value[j]),
+        threshold=threshold,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class CandidateFacts:
+    """Everything the policy needs about one candidate besides its outcome statistics."""
+
+    name: str
+    source: str
+    aggregation: str
+    origin: str
+    coverage: float
+    tenure_spearman: float
+    source_growth: float
+
+
+def _power(c: float) -> float:
+    return float(np.clip((c - 0.5) / (FULL_POWER_C - 0.5), 0, 1)) if np.isfinite(c) else 0.0
+
+
+def _significant(o: OutcomeStats | None) -> bool:
+    return o is not None and np.isfinite(o.q_value) and o.q_value < ALPHA
+
+
+def _no_power(o: OutcomeStats | None) -> bool:
+    return o is None or not _significant(o) or abs(o.concordance - 0.5) < NO_POWER_C
+
+
+def candidate_flags(facts: CandidateFacts, churn: OutcomeStats, expansion: OutcomeStats | None) -> list[str]:
+    flags = []
+    if _significant(churn) and churn.concordance < 0.5:
+        flags.append("risk_signal")
+    if not _significant(churn) and not _significant(expansion):
+        flags.append("not_significant")
+    if facts.coverage < LOW_COVERAGE:
+        flags.append("low_coverage")
+    if (_no_power(churn) and _no_power(expansion) and facts.source_growth >= VANITY_GROWTH
+            and facts.aggregation in VOLUME_AGGREGATIONS):
+        flags.append("vanity")
+    if (_significant(churn) and churn.adjusted_hazard_ratio is not None
+            and abs(np.log(churn.adjusted_hazard_ratio)) < CONFOUNDED_KEEP * abs(np.log(churn.hazard_ratio))):
+        flags.append("confounded")
+    if abs(facts.tenure_spearman) >= TENURE_RHO:
+        flags.append("tracks_tenure")
+    extreme = [o for o in (churn, expansion) if o is not None and np.isfinite(o.concordance)]
+    if any(abs(o.concordance - 0.5) >= TOO_GOOD_C - 0.5 or o.fit == "penalized" for o in extreme):
+        flags.append("too_good_to_be_true")
+    return flags
+
+
+def score_candidate(facts: CandidateFacts, churn: OutcomeStats, expansion: OutcomeStats | None,
+                    flags: list[str], weights: Weights) -> tuple[float, dict[str, float]]:
+    w_exp = weights.expansion if expansion is not None and np.isfinite(expansion.concordance) else 0.0
+    w_churn = weights.churn if w_exp or weights.churn else 1.0
+    parts = {"churn_power": _power(churn.concordance),
+             "expansion_power": _power(expansion.concordance) if expansion else 0.0}
+    parts["churn_evidence"] = parts["churn_power"] * (1.0 if _significant(churn) else 0.5)
+    parts["expansion_evidence"] = parts["expansion_power"] * (1.0 if _significant(expansion) else 0.5)
+    parts["weight_churn"], parts["weight_expansion"] = w_churn, w_exp
+    parts["combined"] = (w_churn * parts["churn_evidence"] + w_exp * parts["expansion_evidence"]) / (w_churn + w_exp)
+    parts["coverage_factor"] = min(1.0, facts.coverage / FULL_COVERAGE)
+    zeroing = {"risk_signal", "tracks_tenure", "too_good_to_be_true"}
+    parts["penalty"] = 0.0 if zeroing & set(flags) else (0.5 if "confounded" in flags else 1.0)
+    score = 100 * parts["combined"] * parts["coverage_factor"] * parts["penalty"]
+    return score, parts
+
+
+def rank_candidates(facts: list[CandidateFacts], churn: list[OutcomeStats], expansion: list[OutcomeStats | None],
+                    similarity: np.ndarray, weights: Weights) -> tuple[CandidateResult, ...]:
+    """Score, flag, order (score desc, churn C desc, name), then group redundant families."""
+    scored = []
+    for j, f in enumerate(facts):
+        flags = candidate_flags(f, churn[j], expansion[j])
+        score, parts = score_candidate(f, churn[j], expansion[j], flags, weights)
+        scored.append((j, score, parts, flags))
+    c_key = [c.concordance if np.isfinite(c.concordance) else 0.0 for c in churn]
+    scored.sort(key=lambda s: (-round(s[1], 9), -c_key[s[0]], facts[s[0]].name))
+    results = []
+    leaders: list[int] = []
+    for rank, (j, score, parts, flags) in enumerate(scored, start=1):
+        family = next((i for i in leaders if abs(similarity[i, j]) >= REDUNDANT_RHO), None)
+        if family is None:
+            leaders.append(j)
+        else:
+            flags = [*flags, "redundant"]
+        f = facts[j]
+        results.append(CandidateResult(
+            rank=rank, name=f.name, source=f.source, aggregation=f.aggregation, origin=f.origin,
+            score=score, score_components=parts, coverage=f.coverage, reach=reach_label(f.coverage),
+            flags=tuple(flags), family=facts[family].name if family is not None else f.name,
+            tenure_spearman=f.tenure_spearman, churn=churn[j], expansion=expansion[j],
+        ))
+    return tuple(results)

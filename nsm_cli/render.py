@@ -1,0 +1,160 @@
+"""Renderers: Report -> text (terminal table, plain text, JSON, CSV, Markdown). No printing here."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+from typing import Any
+
+from rich import box
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+
+from nsm_cli.results import CandidateResult, OutcomeStats, Report
+
+FLAG_LEGEND = {
+    "risk_signal": "higher values go with MORE churn: a warning sign, not a North Star",
+    "not_significant": "no significant link to churn or expansion after multiple-testing correction (q >= 0.05)",
+    "low_coverage": "fewer than 10% of accounts do it",
+    "vanity": "volume grows but it predicts nothing",
+    "redundant": "measures the same thing as a better-ranked candidate (|Spearman| >= 0.9); see its family",
+    "confounded": "most of the effect disappears after adjusting for plan/segment",
+    "tracks_tenure": "mostly follows account age (|Spearman| >= 0.7): a lifetime total leaks the outcome",
+    "too_good_to_be_true": "near-perfect separation: usually part of the outcome's own definition, or a leak",
+}
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _num(value: float | None, digits: int = 2) -> str:
+    return "-" if value is None or value != value else f"{value:.{digits}f}"
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None or value != value else f"{100 * value:.0f}%"
+
+
+def _value(v: float) -> str:
+    return f"{v:g}" if abs(v) >= 0.01 or v == 0 else f"{v:.3g}"
+
+
+def threshold_words(c: CandidateResult, horizon: float) -> str:
+    """'>= 3 (31%): 78% vs 55% retained at 90d, holdout ok'"""
+    t = c.churn.threshold
+    if t is None:
+        return "-"
+    check = "holdout ok" if t.holdout_confirmed else "not confirmed"
+    return (f">= {_value(t.value)} ({_pct(t.share_above)}): {_pct(t.retention_above)} vs "
+            f"{_pct(t.retention_below)} retained at {horizon:g}d, {check}")
+
+
+def _summary_lines(report: Report) -> list[str]:
+    d, s = report.data, report.settings
+    excluded = ", ".join(f"{k} {v}" for k, v in sorted(d.excluded.items())) or "none"
+    lines = [
+        f"Accounts: {d.accounts_total} in file, {d.accounts_analysed} analysed; excluded: {excluded}.",
+        f"Churn events: {d.churn_events}; expansion events: {d.expansion_events}"
+        f" ({d.expansion_accounts} accounts with known expansion status).",
+        f"Window {s['window_days']:g}d ({s['landmark_mode']} landmark), horizon {s['horizon_days']:g}d, "
+        f"as of {d.as_of[:10]}; usage: {d.usage_kind}.",
+    ]
+    if d.skipped_candidates:
+        lines.append(f"Skipped candidates: {len(d.skipped_candidates)} (constant or nearly empty).")
+    if d.warnings:
+        lines.append(f"Data warnings: {len(d.warnings)} (see --format json or nsm inspect).")
+    return lines
+
+
+def _expansion_cells(o: OutcomeStats | None) -> tuple[str, str]:
+    return ("-", "-") if o is None else (_num(o.concordance), _num(o.hazard_ratio))
+
+
+def _row(c: CandidateResult, horizon: float) -> list[str]:
+    ec, ehr = _expansion_cells(c.expansion)
+    return [str(c.rank), c.name, f"{c.score:.1f}", _num(c.churn.concordance), _num(c.churn.hazard_ratio), ec, ehr,
+            threshold_words(c, horizon), f"{c.reach} ({_pct(c.coverage)})", ", ".join(c.flags) or "-"]
+
+
+HEADERS = ["#", "candidate", "score", "churn C", "churn HR", "exp C", "exp HR", "threshold", "reach", "flags"]
+
+
+def render_rich(report: Report, *, top: int | None) -> Group:
+    """Terminal table (rich) with the summary lines under it."""
+    table = Table(box=box.SIMPLE_HEAVY, title="North Star candidates", title_justify="left")
+    for h in HEADERS:
+        table.add_column(h, overflow="fold", justify="right" if h in ("#", "score") or " " in h else "left")
+    horizon = report.settings["horizon_days"]
+    for c in report.candidates[:top]:
+        style = "bold green" if c.rank == 1 and c.score > 0 else ("dim" if c.score == 0 else None)
+        table.add_row(*[Text(cell) for cell in _row(c, horizon)], style=style)
+    notes = Text("\n".join(_summary_lines(report)) + "\nC: concordance (> 0.5 = higher metric, longer stay / "
+                 "sooner expansion). HR: hazard ratio per SD of log1p(metric).", style="dim")
+    return Group(table, notes)
+
+
+def render_text(report: Report, *, top: int | None) -> str:
+    """Plain, stable fixed-width text for pipes and logs."""
+    horizon = report.settings["horizon_days"]
+    rows = [HEADERS] + [_row(c, horizon) for c in report.candidates[:top]]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(HEADERS))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    return "\n".join(lines + [""] + _summary_lines(report)) + "\n"
+
+
+def render_json(report: Report) -> str:
+    return json.dumps(report.to_dict(), indent=2, allow_nan=False, ensure_ascii=False) + "\n"
+
+
+def safe_cell(value: Any) -> Any:
+    """Neutralise text a spreadsheet would run as a formula."""
+    if isinstance(value, str) and value.startswith(_FORMULA_START):
+        return "'" + value
+    return value
+
+
+CSV_OUTCOME_FIELDS = ("concordance", "hazard_ratio", "hr_ci_low", "hr_ci_high", "p_value", "q_value", "spearman",
+                      "adjusted_hazard_ratio")
+CSV_THRESHOLD_FIELDS = ("value", "share_above", "retention_above", "retention_below", "holdout_confirmed")
+
+
+def render_csv(report: Report) -> str:
+    head = ["rank", "name", "source", "aggregation", "score", "coverage", "reach", "flags", "family"]
+    for o in ("churn", "expansion"):
+        head += [f"{o}_{f}" for f in CSV_OUTCOME_FIELDS] + [f"{o}_threshold_{f}" for f in CSV_THRESHOLD_FIELDS]
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(head)
+    for c in report.candidates:
+        d = c.to_dict()
+        row = [d["rank"], d["name"], d["source"], d["aggregation"], d["score"], d["coverage"], d["reach"],
+               ";".join(d["flags"]), d["family"]]
+        for o in ("churn", "expansion"):
+            od = d[o] or {}
+            th = od.get("threshold") or {}
+            row += [od.get(f) for f in CSV_OUTCOME_FIELDS] + [th.get(f) for f in CSV_THRESHOLD_FIELDS]
+        writer.writerow([safe_cell("" if v is None else v) for v in row])
+    return out.getvalue()
+
+
+def md_escape(text: str) -> str:
+    """Escape user-supplied text for a GitHub-flavoured Markdown table cell."""
+    text = text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+    return re.sub(r"([`*_\[\]<>#!~])", r"\\\1", text)
+
+
+def render_markdown(report: Report, *, top: int | None) -> str:
+    horizon = report.settings["horizon_days"]
+    lines = ["# North Star candidates", ""]
+    lines += [f"- {line}" for line in _summary_lines(report)] + [""]
+    lines.append("| " + " | ".join(HEADERS) + " |")
+    lines.append("|" + "|".join("---:" if h in ("#", "score") or " " in h else "---" for h in HEADERS) + "|")
+    for c in report.candidates[:top]:
+        lines.append("| " + " | ".join(md_escape(cell) for cell in _row(c, horizon)) + " |")
+    used = sorted({f for c in report.candidates[:top] for f in c.flags})
+    if used:
+        lines += ["", "Flags:", ""] + [f"- `{f}`: {FLAG_LEGEND[f]}" for f in used]
+    lines += ["", "C: concordance (> 0.5 = higher metric, longer stay / sooner expansion). "
+              "HR: hazard ratio per standard deviation of log1p(metric)."]
+    return "\n".join(lines) + "\n"
