@@ -187,20 +187,23 @@ def _add_ratios(metrics: pl.DataFrame, candidates: list[Candidate], specs: tuple
 
 
 def _growth(frame: pl.DataFrame, source_col: str | None, measures: tuple[str, ...] | None) -> dict[str, float]:
-    """Volume in the last third of the data's time span over volume in the first third, per source."""
+    """Per source: volume per active account in the last third of the data's time span, over the same in
+    the first third. Above 1 the behaviour grows faster than the customer base."""
     if "ts" not in frame.columns or frame.height == 0:
         return {}
     lo, hi = frame["ts"].min(), frame["ts"].max()
     third = (hi - lo) / 3
     part = pl.when(pl.col("ts") < lo + third).then(pl.lit("first")).when(pl.col("ts") >= hi - third).then(
         pl.lit("last"))
+    tagged = frame.with_columns(part.alias("part")).drop_nulls("part")
+    active = tagged.group_by("part").agg(pl.col(ID).n_unique().alias("active"))
     if source_col:
-        vol = frame.group_by(pl.col(source_col).alias("source"), part.alias("part")).len()
-        vol = vol.rename({"len": "volume"})
+        vol = tagged.group_by(pl.col(source_col).alias("source"), "part").agg(pl.len().cast(pl.Float64).alias("volume"))
     else:
-        vol = frame.unpivot(index="ts", on=list(measures or ())).group_by(
-            pl.col("variable").alias("source"), part.alias("part")).agg(pl.col("value").sum().alias("volume"))
-    wide = vol.drop_nulls("part").pivot(on="part", index="source", values="volume")
+        vol = tagged.unpivot(index=["ts", "part"], on=list(measures or ())).group_by(
+            pl.col("variable").alias("source"), "part").agg(pl.col("value").sum().alias("volume"))
+    vol = vol.join(active, on="part").with_columns(pl.col("volume") / pl.col("active"))
+    wide = vol.pivot(on="part", index="source", values="volume")
     if "first" not in wide.columns or "last" not in wide.columns:
         return {}
     rows = wide.select("source", (pl.col("last") / pl.col("first")).alias("g")).drop_nulls().rows()

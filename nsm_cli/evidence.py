@@ -15,6 +15,7 @@ import polars as pl
 from nsm_cli import stats
 
 SEPARATION_BETA = 8.0  # |log HR per SD| beyond this means the likelihood has no finite maximum
+COLLINEAR_R2 = 0.9  # a candidate this well explained by the segments has no separate adjusted effect
 MIN_LEVEL_SHARE = 0.01
 
 
@@ -45,6 +46,7 @@ class Evidence:
     penalized: np.ndarray
     adjusted_log_hr: np.ndarray | None
     adjusted_p_value: np.ndarray | None
+    segment_r2: np.ndarray | None  # share of the candidate's variance explained by the segments
 
     @property
     def hazard_ratio(self) -> np.ndarray:
@@ -87,7 +89,17 @@ def segment_design(frame: pl.DataFrame, segment_columns: tuple[str, ...]) -> np.
         levels = labels.value_counts(sort=True, name="n").sort(["n", raw.name], descending=[True, False])
         for level in levels[raw.name].to_list()[1:]:
             blocks.append((labels == level).to_numpy().astype(float)[:, None])
-    return np.hstack(blocks) if blocks else None
+    return _independent_columns(np.hstack(blocks)) if blocks else None
+
+
+def _independent_columns(z: np.ndarray) -> np.ndarray | None:
+    """Drop columns that are linear combinations of earlier ones (and of the intercept)."""
+    kept = [np.ones(len(z))]
+    for col in z.T:
+        trial = np.column_stack([*kept, col])
+        if np.linalg.matrix_rank(trial) == trial.shape[1]:
+            kept.append(col)
+    return np.column_stack(kept[1:]) if len(kept) > 1 else None
 
 
 def _fit_univariate(time: np.ndarray, event: np.ndarray, x: np.ndarray) -> tuple[stats.CoxFit, np.ndarray]:
@@ -109,21 +121,34 @@ def gather_evidence(outcome: OutcomeData, metrics: np.ndarray, covariates: np.nd
     k = m.shape[1]
     if len(t) < 2 or e.sum() == 0:
         nan = np.full(k, np.nan)
-        return Evidence(len(t), int(e.sum()), nan, nan, nan, nan, nan, nan, np.zeros(k, bool), None, None)
+        return Evidence(len(t), int(e.sum()), nan, nan, nan, nan, nan, nan, np.zeros(k, bool), None, None, None)
     x = standardise(m)
     fit, penalized = _fit_univariate(t, e, x)
     p = fit.p_value[:, 0]
-    adjusted_beta = adjusted_p = None
+    adjusted_beta = adjusted_p = r2 = None
     if covariates is not None:
         z = covariates[outcome.rows]
+        r2 = explained_share(x, z)
         design = np.concatenate([x.T[:, :, None], np.broadcast_to(z, (k,) + z.shape)], axis=2)
-        adjusted = stats.cox_fit_chunked(t, e, design, penalizer=1e-4 / len(t))
-        adjusted_beta, adjusted_p = adjusted.beta[:, 0], adjusted.p_value[:, 0]
+        adjusted = stats.cox_fit_chunked(t, e, design)
+        identifiable = (r2 < COLLINEAR_R2) & adjusted.converged
+        adjusted_beta = np.where(identifiable, adjusted.beta[:, 0], np.nan)
+        adjusted_p = np.where(identifiable, adjusted.p_value[:, 0], np.nan)
     ranked = stats.rank_columns(m)
     return Evidence(
         n_accounts=len(t), n_events=int(e.sum()),
         concordance=stats.concordance(t, e, direction * m.T),
         log_hr=fit.beta[:, 0], se=fit.se[:, 0], p_value=p, q_value=stats.bh_qvalues(p),
         spearman=stats.spearman_with(ranked, outcome.spearman_target),
-        penalized=penalized, adjusted_log_hr=adjusted_beta, adjusted_p_value=adjusted_p,
+        penalized=penalized, adjusted_log_hr=adjusted_beta, adjusted_p_value=adjusted_p, segment_r2=r2,
     )
+
+
+def explained_share(x: np.ndarray, z: np.ndarray) -> np.ndarray:
+    """R^2 of each column of x (n, k) regressed (least squares, with intercept) on z (n, s)."""
+    design = np.column_stack([np.ones(len(z)), z])
+    coef, *_ = np.linalg.lstsq(design, x, rcond=None)
+    resid = x - design @ coef
+    total = ((x - x.mean(0)) ** 2).sum(0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(total > 0, 1 - (resid**2).sum(0) / total, 0.0)

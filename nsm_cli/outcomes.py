@@ -27,7 +27,7 @@ class Cohort:
 
     `frame` columns: account_id, signup, window_start, landmark, churn_time, churn_event,
     exp_time (null when expansion is unknown for the account), exp_event, exp_amount
-    (null without MRR), age_days (at as_of), segment:* columns.
+    (null without MRR), tenure_days (signup to churn or as_of), segment:* columns.
     """
 
     frame: pl.DataFrame
@@ -137,7 +137,7 @@ def _outcome_times(frame: pl.DataFrame, as_of: datetime) -> tuple[pl.DataFrame, 
         churn_event=churned,
         exp_time=pl.when(exp_known).then(days_between(exp_end, pl.col("landmark"))),
         exp_event=pl.when(exp_known).then(expanded),
-        age_days=days_between(end, pl.col("signup")),
+        tenure_days=days_between(churn_end, pl.col("signup")),
         __expanded_in_window=expanded_in_window & pl.col("__exp_known"),
         __exp_unknown=~pl.col("__exp_known"),
     )

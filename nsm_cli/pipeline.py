@@ -141,7 +141,7 @@ def _assess(inputs: Inputs, cohort: Cohort, cands: CandidateSet, churn: OutcomeD
     ev_exp = gather_evidence(expansion, matrix, design, direction=-1.0) if expansion else None
     train = holdout_split(cohort.frame["account_id"].to_numpy(), settings.seed)
     ranked = stats.rank_columns(matrix)
-    tenure = stats.spearman_with(ranked, cohort.frame["age_days"].to_numpy())
+    tenure = stats.spearman_with(ranked, cohort.frame["tenure_days"].to_numpy())
     cover = coverage(cands.metrics, cands.candidates, settings.window_days)
     facts, churn_stats, exp_stats = [], [], []
     for j, c in enumerate(cands.candidates):

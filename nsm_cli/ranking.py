@@ -2,7 +2,8 @@
 
 Score (0-100), documented in the README and reported component by component:
 
-    power_o    = clip((C_o - 0.5) / 0.25, 0, 1)          for o in churn, expansion
+    C'_o       = C_o, or 1 - C_o for a days_to_first candidate whose data say sooner is better
+    power_o    = clip((C'_o - 0.5) / 0.25, 0, 1)         for o in churn, expansion
     evidence_o = power_o * (1 if q_o < 0.05 else 0.5)
     combined   = (w_churn * evidence_churn + w_exp * evidence_exp) / (w_churn + w_exp)
     coverage_f = min(1, coverage / 0.20)
@@ -32,6 +33,7 @@ TOO_GOOD_C = 0.95
 VANITY_GROWTH = 1.25
 NO_POWER_C = 0.02
 CONFOUNDED_KEEP = 0.5  # adjusted log HR keeps less than half of the raw one
+COLLINEAR_R2 = 0.9  # or the segments explain >= 90% of the candidate's variance
 VOLUME_AGGREGATIONS = {"count", "sum", "active_days", "active_weeks", "users", "per_user", "mean", "value",
                        "active_periods"}
 
@@ -101,6 +103,7 @@ def outcome_stats(ev: Evidence, j: int, target: str, threshold: Threshold | None
         spearman_target=target, fit="penalized" if ev.penalized[j] else "ok",
         adjusted_hazard_ratio=None if ev.adjusted_log_hr is None else float(np.exp(ev.adjusted_log_hr[j])),
         adjusted_p_value=None if ev.adjusted_p_value is None else float(ev.adjusted_p_value[j]),
+        segment_r2=None if ev.segment_r2 is None else float(ev.segment_r2[j]),
         threshold=threshold,
     )
 
@@ -118,6 +121,17 @@ class CandidateFacts:
     source_growth: float
 
 
+def orientation(facts: CandidateFacts, churn: OutcomeStats) -> float:
+    """+1 when higher is better; -1 for `days_to_first` when the data say sooner is better."""
+    if facts.aggregation == "days_to_first" and np.isfinite(churn.concordance) and churn.concordance < 0.5:
+        return -1.0
+    return 1.0
+
+
+def _oriented_c(o: OutcomeStats | None, sign: float) -> float:
+    return float("nan") if o is None else 0.5 + sign * (o.concordance - 0.5)
+
+
 def _power(c: float) -> float:
     return float(np.clip((c - 0.5) / (FULL_POWER_C - 0.5), 0, 1)) if np.isfinite(c) else 0.0
 
@@ -130,9 +144,19 @@ def _no_power(o: OutcomeStats | None) -> bool:
     return o is None or not _significant(o) or abs(o.concordance - 0.5) < NO_POWER_C
 
 
+def _confounded(churn: OutcomeStats) -> bool:
+    if not _significant(churn):
+        return False
+    if churn.segment_r2 is not None and churn.segment_r2 >= COLLINEAR_R2:
+        return True
+    adj = churn.adjusted_hazard_ratio
+    return adj is not None and np.isfinite(adj) and abs(np.log(adj)) < CONFOUNDED_KEEP * abs(np.log(churn.hazard_ratio))
+
+
 def candidate_flags(facts: CandidateFacts, churn: OutcomeStats, expansion: OutcomeStats | None) -> list[str]:
+    sign = orientation(facts, churn)
     flags = []
-    if _significant(churn) and churn.concordance < 0.5:
+    if _significant(churn) and _oriented_c(churn, sign) < 0.5:
         flags.append("risk_signal")
     if not _significant(churn) and not _significant(expansion):
         flags.append("not_significant")
@@ -141,8 +165,7 @@ def candidate_flags(facts: CandidateFacts, churn: OutcomeStats, expansion: Outco
     if (_no_power(churn) and _no_power(expansion) and facts.source_growth >= VANITY_GROWTH
             and facts.aggregation in VOLUME_AGGREGATIONS):
         flags.append("vanity")
-    if (_significant(churn) and churn.adjusted_hazard_ratio is not None
-            and abs(np.log(churn.adjusted_hazard_ratio)) < CONFOUNDED_KEEP * abs(np.log(churn.hazard_ratio))):
+    if _confounded(churn):
         flags.append("confounded")
     if abs(facts.tenure_spearman) >= TENURE_RHO:
         flags.append("tracks_tenure")
@@ -154,10 +177,12 @@ def candidate_flags(facts: CandidateFacts, churn: OutcomeStats, expansion: Outco
 
 def score_candidate(facts: CandidateFacts, churn: OutcomeStats, expansion: OutcomeStats | None,
                     flags: list[str], weights: Weights) -> tuple[float, dict[str, float]]:
+    """The README's score formula; every intermediate value is returned for the JSON output."""
+    sign = orientation(facts, churn)
     w_exp = weights.expansion if expansion is not None and np.isfinite(expansion.concordance) else 0.0
-    w_churn = weights.churn if w_exp or weights.churn else 1.0
-    parts = {"churn_power": _power(churn.concordance),
-             "expansion_power": _power(expansion.concordance) if expansion else 0.0}
+    w_churn = weights.churn if (w_exp or weights.churn) else 1.0
+    parts = {"orientation": sign, "churn_power": _power(_oriented_c(churn, sign)),
+             "expansion_power": _power(_oriented_c(expansion, sign))}
     parts["churn_evidence"] = parts["churn_power"] * (1.0 if _significant(churn) else 0.5)
     parts["expansion_evidence"] = parts["expansion_power"] * (1.0 if _significant(expansion) else 0.5)
     parts["weight_churn"], parts["weight_expansion"] = w_churn, w_exp

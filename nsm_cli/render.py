@@ -37,7 +37,7 @@ def _pct(value: float | None) -> str:
 
 
 def _value(v: float) -> str:
-    return f"{v:g}" if abs(v) >= 0.01 or v == 0 else f"{v:.3g}"
+    return f"{v:.0f}" if float(v).is_integer() else f"{v:.3g}"
 
 
 def threshold_words(c: CandidateResult, horizon: float) -> str:
@@ -46,6 +46,9 @@ def threshold_words(c: CandidateResult, horizon: float) -> str:
     if t is None:
         return "-"
     check = "holdout ok" if t.holdout_confirmed else "not confirmed"
+    if c.score_components.get("orientation", 1.0) < 0:
+        return (f"< {_value(t.value)} ({_pct(1 - t.share_above)}): {_pct(t.retention_below)} vs "
+                f"{_pct(t.retention_above)} retained at {horizon:g}d, {check}")
     return (f">= {_value(t.value)} ({_pct(t.share_above)}): {_pct(t.retention_above)} vs "
             f"{_pct(t.retention_below)} retained at {horizon:g}d, {check}")
 
@@ -55,8 +58,9 @@ def _summary_lines(report: Report) -> list[str]:
     excluded = ", ".join(f"{k} {v}" for k, v in sorted(d.excluded.items())) or "none"
     lines = [
         f"Accounts: {d.accounts_total} in file, {d.accounts_analysed} analysed; excluded: {excluded}.",
-        f"Churn events: {d.churn_events}; expansion events: {d.expansion_events}"
-        f" ({d.expansion_accounts} accounts with known expansion status).",
+        f"Churn events: {d.churn_events}; " + (
+            f"expansion events: {d.expansion_events} ({d.expansion_accounts} accounts with known expansion status)."
+            if d.expansion_accounts else "expansion: not available (no expansion_date column or MRR history)."),
         f"Window {s['window_days']:g}d ({s['landmark_mode']} landmark), horizon {s['horizon_days']:g}d, "
         f"as of {d.as_of[:10]}; usage: {d.usage_kind}.",
     ]

@@ -73,6 +73,7 @@ class OutcomeStats:
     fit: str  # ok | penalized (separation or no convergence: ridge fallback)
     adjusted_hazard_ratio: float | None = None
     adjusted_p_value: float | None = None
+    segment_r2: float | None = None
     threshold: Threshold | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -83,6 +84,7 @@ class OutcomeStats:
             "p_value": self.p_value, "q_value": self.q_value,
             "spearman": self.spearman, "spearman_target": self.spearman_target, "fit": self.fit,
             "adjusted_hazard_ratio": self.adjusted_hazard_ratio, "adjusted_p_value": self.adjusted_p_value,
+            "segment_r2": self.segment_r2,
             "threshold": self.threshold.to_dict() if self.threshold else None,
         })
 

@@ -3,9 +3,9 @@
 Ground truth (per account, measured over the first 30 days after signup):
 
 - `report_shared`  : THE DRIVER. Accounts that share >= 3 reports in their first 30 days churn
-  at 0.35x the hazard of the rest (a threshold effect, "aha moment" at 3).
+  at 0.3x the hazard of the rest (a threshold effect, "aha moment" at 3).
 - `integration_connected` : drives EXPANSION: accounts that connect >= 1 integration in their
-  first 30 days expand at 3x the rate. No effect on churn.
+  first 30 days expand at 2x the rate. No effect on churn.
 - `page_viewed`    : VANITY. Big volume that grows over calendar time; no effect on anything.
 - `api_call`       : PLAN-CONFOUNDED. Volume depends on the plan (enterprise >> starter) and the
   plan drives churn; api_call itself has no effect once the plan is known.
@@ -35,8 +35,8 @@ PLAN_PRICE = np.array([29.0, 99.0, 900.0])
 BASE_CHURN_PER_DAY = 1 / 220
 BASE_EXPANSION_PER_DAY = 1 / 700
 DRIVER_THRESHOLD = 3
-DRIVER_HR = 0.35
-EXPANSION_HR = 3.0
+DRIVER_HR = 0.3
+EXPANSION_HR = 2.0
 POST_WINDOW_RATE = 0.08  # events per day after the window, relative to the window's daily rate
 
 
@@ -55,7 +55,7 @@ class GroundTruth:
     plan_confounded: str = "api_call"
     pre_churn_signal: str = "cancel_page_viewed"
     noise: tuple[str, ...] = ("login", "project_created")
-    tenure_leak_column: str = "lifetime_events"
+    tenure_leak_column: str = "lifetime_sessions"
 
 
 def generate(n_accounts: int, *, seed: int = 0, mean_events: float = 100.0) -> dict[str, pl.DataFrame]:
@@ -64,7 +64,7 @@ def generate(n_accounts: int, *, seed: int = 0, mean_events: float = 100.0) -> d
     n = n_accounts
     signup_day = -rng.uniform(10, 720, n)  # days relative to AS_OF
     plan = rng.choice(3, size=n, p=PLAN_SHARE)
-    seats = np.ceil(np.exp(rng.normal([1.0, 2.3, 4.0], 0.6)[plan])).astype(int)
+    seats = np.ceil(np.exp(rng.normal(np.array([1.0, 2.3, 4.0])[plan], 0.6))).astype(int)
     scale = mean_events / 100.0
     window_rates = {
         "report_shared": rng.gamma(0.8, 3.0, n),
@@ -95,9 +95,9 @@ def generate(n_accounts: int, *, seed: int = 0, mean_events: float = 100.0) -> d
     })
     mrr = _mrr(rng, ids, plan, seats, signup_day, end_day, churned, np.where(expanded, signup_day + expand_after,
                                                                              np.nan))
-    lifetime = events.group_by("account_id").len().rename({"len": "lifetime_events"})
-    snapshot = accounts.select("account_id", "seats").join(lifetime, on="account_id", how="left").with_columns(
-        pl.col("lifetime_events").fill_null(0))
+    tenure = end_day - signup_day  # a lifetime total grows with tenure: the classic leak
+    snapshot = accounts.select("account_id", "seats").with_columns(
+        lifetime_sessions=pl.Series(rng.poisson(1.5 * rng.lognormal(0, 0.3, n) * tenure)))
     return {"accounts": accounts, "events": events, "mrr": mrr, "account_snapshot": snapshot}
 
 
