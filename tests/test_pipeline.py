@@ -1,0 +1,155 @@
+"""End to end on synthetic data with a known answer, plus invariance properties."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+
+import numpy as np
+import polars as pl
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from nsm_cli import Settings, analyze
+from nsm_cli.render import render_json
+from nsm_cli.sample import write_sample
+
+from .conftest import SAMPLE
+
+
+def _by_name(report):
+    return {c.name: c for c in report.candidates}
+
+
+@pytest.fixture(scope="module")
+def reports(sample_dirs):
+    return {
+        key: analyze(Settings(accounts=str(d / "accounts.csv"), usage=str(d / "events.csv"), mrr=str(d / "mrr.csv")))
+        for key, d in sample_dirs.items()
+    }
+
+
+KEYS = [(1, 2500), (2, 2500), (3, 5000)]
+
+
+@pytest.mark.parametrize("key", KEYS)
+def test_the_retention_driver_ranks_first_with_its_threshold(reports, key):
+    report = reports[key]
+    top = report.candidates[0]
+    assert top.source == "report_shared"
+    assert top.churn.hazard_ratio < 0.8 and top.churn.q_value < 1e-6
+    count = _by_name(report)["report_shared.count"]
+    assert count.rank <= 4
+    assert 2 <= count.churn.threshold.value <= 4
+    assert count.churn.threshold.holdout_confirmed
+    assert count.churn.threshold.retention_above > count.churn.threshold.retention_below + 0.08
+
+
+@pytest.mark.parametrize("key", KEYS)
+def test_expansion_driver_vanity_and_confounded_metrics_are_recognised(reports, key):
+    c = _by_name(reports[key])
+    integ = c["integration_connected.count"]
+    assert integ.expansion.hazard_ratio > 1.15 and integ.expansion.q_value < 0.05
+    assert integ.expansion.concordance > 0.53
+    assert integ.churn.q_value > 0.01  # no effect on churn
+    vanity = c["page_viewed.count"]
+    assert "not_significant" in vanity.flags and "vanity" in vanity.flags
+    api = c["api_call.count"]
+    assert api.churn.q_value < 0.05 and "confounded" in api.flags
+    assert abs(np.log(api.churn.adjusted_hazard_ratio)) < abs(np.log(api.churn.hazard_ratio)) / 2
+    top10 = [x.name for x in reports[key].candidates[:10]]
+    assert not [n for n in top10 if n.startswith("cancel_page_viewed.")]
+    assert "page_viewed.count" not in top10 and "page_viewed.active_days" not in top10
+
+
+@pytest.mark.parametrize("key", KEYS)
+def test_every_account_is_accounted_for(reports, key):
+    d = reports[key].data
+    assert d.accounts_analysed + sum(d.excluded.values()) == d.accounts_total
+    assert set(d.excluded) <= {"churned_in_window", "too_young"}
+    assert d.excluded["churned_in_window"] > 0
+
+
+def test_snapshot_lifetime_total_is_flagged_as_tenure_leak():
+    report = analyze(Settings(accounts=str(SAMPLE / "accounts.csv"), usage=str(SAMPLE / "account_snapshot.csv")))
+    leak = _by_name(report)["lifetime_sessions.value"]
+    assert "tracks_tenure" in leak.flags and leak.score == 0
+    assert report.candidates[0].name != "lifetime_sessions.value"
+    assert any(w["code"] == "snapshot_timing_unknown" for w in report.data.warnings)
+
+
+def test_committed_sample_recovers_ground_truth_and_json_is_deterministic():
+    s = Settings(accounts=str(SAMPLE / "accounts.csv"), usage=str(SAMPLE / "events.csv"), mrr=str(SAMPLE / "mrr.csv"))
+    first, second = render_json(analyze(s)), render_json(analyze(s))
+    assert first == second
+    data = json.loads(first)
+    assert data["schema_version"] == 1
+    assert data["candidates"][0]["source"] == "report_shared"
+
+
+# ---- invariance properties on a small dataset -------------------------------------------------
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("small")
+    write_sample(folder, 600, seed=11, mean_events=30)
+    return folder
+
+
+def _essentials(report, *, with_thresholds: bool = True):
+    out = []
+    for c in report.candidates:
+        d = c.to_dict()
+        if not with_thresholds:
+            for o in ("churn", "expansion"):
+                if d[o]:
+                    d[o].pop("threshold")
+        out.append(d)
+    return out
+
+
+def _run(folder, events_path, accounts_path=None, as_of="2025-06-30"):
+    return analyze(Settings(accounts=str(accounts_path or folder / "accounts.csv"), usage=str(events_path),
+                            mrr=str(folder / "mrr.csv"), as_of=datetime.fromisoformat(as_of)))
+
+
+@settings(max_examples=5, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(seed=st.integers(0, 10_000))
+def test_row_order_does_not_matter(small, tmp_path_factory, seed):
+    base = _run(small, small / "events.csv")
+    events = pl.read_csv(small / "events.csv")
+    shuffled = tmp_path_factory.mktemp("shuf") / "events.csv"
+    events.sample(fraction=1.0, shuffle=True, seed=seed).write_csv(shuffled)
+    assert _essentials(_run(small, shuffled)) == _essentials(base)
+
+
+@settings(max_examples=3, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(prefix=st.text(alphabet="abcXYZ_-", min_size=1, max_size=5))
+def test_renaming_accounts_changes_no_statistic(small, tmp_path_factory, prefix):
+    folder = tmp_path_factory.mktemp("renamed")
+    rename = pl.col("account_id").str.replace("acct_", prefix + "#")
+    for name in ("accounts", "events", "mrr"):
+        pl.read_csv(small / f"{name}.csv").with_columns(rename).write_csv(folder / f"{name}.csv")
+    renamed = analyze(Settings(accounts=str(folder / "accounts.csv"), usage=str(folder / "events.csv"),
+                               mrr=str(folder / "mrr.csv"), as_of=datetime(2025, 6, 30)))
+    base = _run(small, small / "events.csv")
+    # the holdout split hashes the ids, so only thresholds may move
+    assert _essentials(renamed, with_thresholds=False) == _essentials(base, with_thresholds=False)
+
+
+def test_events_after_the_landmark_change_nothing(small, tmp_path):
+    base = _run(small, small / "events.csv")
+    accounts = pl.read_csv(small / "accounts.csv", try_parse_dates=True)
+    extra = accounts.select(
+        "account_id",
+        pl.lit("u_extra").alias("user_id"),
+        (pl.col("signup_date").cast(pl.Datetime) + pl.duration(days=30)).dt.strftime("%Y-%m-%dT%H:%M:%SZ")
+        .alias("timestamp"),
+        pl.lit("report_shared").alias("event"),
+    ).filter(pl.col("timestamp") < "2025-06-30")
+    events = pl.concat([pl.read_csv(small / "events.csv"), extra, extra.with_columns(pl.lit("cancel_page_viewed")
+                                                                                      .alias("event"))])
+    path = tmp_path / "events.csv"
+    events.write_csv(path)
+    assert _essentials(_run(small, path)) == _essentials(base)
