@@ -6,7 +6,7 @@ import os
 import sys
 import tempfile
 import traceback
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -27,7 +27,7 @@ app = typer.Typer(
 )
 
 
-class Format(str, Enum):
+class Format(StrEnum):
     table = "table"
     json = "json"
     csv = "csv"
@@ -165,11 +165,11 @@ def _gates(err: Console, report, fail_under: float | None, expect_top: str | Non
     best = report.candidates[0] if report.candidates else None
     if fail_under is not None and (best is None or best.score < fail_under):
         err.print(f"nsm: gate failed: best score {best.score if best else 0:.1f} < --fail-under {fail_under:g}",
-                  markup=False, highlight=False)
+                  markup=False, highlight=False, soft_wrap=True)
         return EXIT_GATE
     if expect_top is not None and (best is None or expect_top not in (best.name, best.family)):
         err.print(f"nsm: gate failed: top candidate is {best.name if best else 'none'}, expected {expect_top}",
-                  markup=False, highlight=False)
+                  markup=False, highlight=False, soft_wrap=True)
         return EXIT_GATE
     return EXIT_OK
 

@@ -6,7 +6,7 @@ import dataclasses
 import re
 import tomllib
 from dataclasses import dataclass, field
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -115,7 +115,7 @@ def parse_date(text: str | date | datetime | None, *, name: str) -> datetime | N
     except ValueError:
         raise UsageError(f"{name}: expected an ISO date like 2025-01-31, got {text!r}") from None
     if value.tzinfo is not None:
-        value = value.astimezone(timezone.utc).replace(tzinfo=None)
+        value = value.astimezone(UTC).replace(tzinfo=None)
     return value
 
 
@@ -140,6 +140,23 @@ _TOML_KEYS = {
 }
 
 
+_TOML_CONVERTERS: dict[str, tuple[str, Any]] = {
+    "accounts": ("accounts", str),
+    "usage": ("usage", str),
+    "mrr": ("mrr", str),
+    "seed": ("seed", int),
+    "max_events": ("max_events", int),
+    "expansion_min": ("expansion_min", float),
+    "columns": ("columns", lambda v: {str(k): str(x) for k, x in v.items()}),
+    "window": ("window_days", lambda v: parse_duration(v, name="window")),
+    "horizon": ("horizon_days", lambda v: parse_duration(v, name="horizon")),
+    "as_of": ("as_of", lambda v: parse_date(v, name="as_of")),
+    "landmark": ("landmark", lambda v: parse_date(v, name="landmark")),
+    "segments": ("segments", tuple),
+    "weights": ("weights", lambda v: Weights(**{**dataclasses.asdict(Weights()), **v})),
+}
+
+
 def read_toml(path: Path) -> dict[str, Any]:
     """Read nsm.toml into Settings keyword arguments; unknown keys are rejected."""
     try:
@@ -150,24 +167,15 @@ def read_toml(path: Path) -> dict[str, Any]:
     if unknown:
         raise UsageError(f"{path}: unknown key(s) {unknown}; known: {sorted(_TOML_KEYS)}")
     out: dict[str, Any] = {}
-    for key in ("accounts", "usage", "mrr", "seed", "max_events", "expansion_min"):
-        if key in raw:
-            out[key] = raw[key]
-    if "columns" in raw:
-        out["columns"] = {str(k): str(v) for k, v in raw["columns"].items()}
-    if "window" in raw:
-        out["window_days"] = parse_duration(raw["window"], name="window")
-    if "horizon" in raw:
-        out["horizon_days"] = parse_duration(raw["horizon"], name="horizon")
-    for key in ("as_of", "landmark"):
-        if key in raw:
-            out[key] = parse_date(raw[key], name=key)
-    if "segments" in raw:
-        out["segments"] = tuple(raw["segments"])
-    if "weights" in raw:
-        out["weights"] = Weights(**{**dataclasses.asdict(Weights()), **raw["weights"]})
-    if "candidate" in raw:
-        out["candidates"] = tuple(_candidate_spec(path, entry) for entry in raw["candidate"])
+    for key, value in raw.items():
+        if key == "candidate":
+            out["candidates"] = tuple(_candidate_spec(path, entry) for entry in value)
+            continue
+        name, convert = _TOML_CONVERTERS[key]
+        try:
+            out[name] = convert(value)
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise UsageError(f"{path}: {key}: {exc}") from None
     return out
 
 

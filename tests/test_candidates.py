@@ -1,0 +1,108 @@
+"""Candidate metrics on a tiny hand-worked event log."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import polars as pl
+import pytest
+from polars.testing import assert_frame_equal
+
+from nsm_cli.candidates import build_event_candidates, build_periodic_candidates, slugs_for
+from nsm_cli.config import CandidateSpec, Settings
+from nsm_cli.errors import UsageError
+from nsm_cli.validate import Usage
+
+D = datetime
+
+
+def _cohort(ids):
+    n = len(ids)
+    return pl.DataFrame({
+        "account_id": ids,
+        "window_start": [D(2025, 1, 1)] * n,
+        "landmark": [D(2025, 1, 31)] * n,
+    })
+
+
+EVENTS = pl.DataFrame({
+    "account_id": ["a", "a", "a", "a", "a", "b", "b", "x"],
+    "ts": [D(2025, 1, 1, 9), D(2025, 1, 1, 17), D(2025, 1, 9), D(2025, 1, 30, 23), D(2025, 1, 31),  # last: landmark
+           D(2025, 1, 3), D(2024, 12, 31), D(2025, 1, 5)],
+    "event": ["share", "share", "login", "share", "share", "login", "share", "share"],
+    "user_id": ["u1", "u2", "u1", "u1", "u1", "u3", "u3", "u9"],
+})
+
+
+def _build(specs=(), min_rows=True):
+    s = Settings(accounts="x", window_days=30, candidates=tuple(specs))
+    cohort = _cohort(["a", "b", "c"])
+    return build_event_candidates(Usage("events", EVENTS, has_user=True), cohort, s)
+
+
+def test_event_aggregations_by_hand(monkeypatch):
+    monkeypatch.setattr("nsm_cli.candidates.MIN_ACCOUNTS_WITH", 0)
+    monkeypatch.setattr("nsm_cli.candidates.MIN_SHARE_WITH", 0)
+    cs = _build()
+    m = cs.metrics.sort("account_id")
+    # a: shares on Jan 1 (x2, users u1 u2) and Jan 30 23:00; the Jan 31 share is at the landmark: excluded.
+    # b: a share on Dec 31 is before the window. c: no events at all -> zeros, window + 1 for days_to_first.
+    expected = pl.DataFrame({
+        "account_id": ["a", "b", "c"],
+        "share.count": [3.0, 0.0, 0.0],
+        "share.active_days": [2.0, 0.0, 0.0],
+        "share.active_weeks": [2.0, 0.0, 0.0],
+        "share.users": [2.0, 0.0, 0.0],
+        "share.per_user": [1.5, 0.0, 0.0],
+        "share.days_to_first": [9 / 24, 31.0, 31.0],
+        "login.count": [1.0, 1.0, 0.0],
+        "any.count": [4.0, 1.0, 0.0],
+        "any.days_to_first": [9 / 24, 2.0, 31.0],
+    })
+    assert_frame_equal(m.select(expected.columns), expected)
+
+
+def test_constant_and_nearly_empty_candidates_are_skipped_with_reason():
+    cs = _build()
+    reasons = dict(cs.skipped)
+    assert "share.count" in reasons and reasons["share.count"].startswith("nearly empty")
+    assert not cs.candidates
+
+
+def test_config_candidates_filters_and_ratios(monkeypatch):
+    monkeypatch.setattr("nsm_cli.candidates.MIN_ACCOUNTS_WITH", 0)
+    monkeypatch.setattr("nsm_cli.candidates.MIN_SHARE_WITH", 0)
+    specs = [
+        CandidateSpec("both.count", events=("share", "login")),
+        CandidateSpec("u1_share.count", events=("share",), filter="user_id = 'u1'"),
+        CandidateSpec("share_rate", ratio=("share.count", "any.count")),
+    ]
+    m = _build(specs).metrics.sort("account_id")
+    assert m["both.count"].to_list() == [4.0, 1.0, 0.0]
+    assert m["u1_share.count"].to_list() == [2.0, 0.0, 0.0]
+    assert m["share_rate"].to_list() == pytest.approx([0.75, 0.0, 0.0])
+    with pytest.raises(UsageError, match="unknown candidate"):
+        _build([CandidateSpec("bad", ratio=("nope.count", "any.count"))])
+
+
+def test_colliding_event_names_get_distinct_slugs():
+    mapping, warnings = slugs_for(["Report Shared", "report-shared", "report_shared", "any"])
+    assert len(set(mapping.values())) == 4
+    assert mapping["any"] != "any"  # 'any' is reserved for all events together
+    assert len(warnings) == 3
+
+
+def test_wide_table_sum_mean_active_periods(monkeypatch):
+    monkeypatch.setattr("nsm_cli.candidates.MIN_ACCOUNTS_WITH", 0)
+    monkeypatch.setattr("nsm_cli.candidates.MIN_SHARE_WITH", 0)
+    frame = pl.DataFrame({
+        "account_id": ["a", "a", "a", "b"],
+        "ts": [D(2025, 1, 1), D(2025, 1, 8), D(2025, 2, 1), D(2025, 1, 15)],  # Feb 1: after the landmark
+        "messages": [3.0, 0.0, 100.0, 5.0],
+    })
+    s = Settings(accounts="x", window_days=30)
+    cs = build_periodic_candidates(Usage("wide", frame, measures=("messages",)), _cohort(["a", "b", "c"]), s)
+    m = cs.metrics.sort("account_id")
+    assert m["messages.sum"].to_list() == [3.0, 5.0, 0.0]
+    assert m["messages.mean"].to_list() == [1.5, 5.0, 0.0]
+    assert m["messages.active_periods"].to_list() == [1.0, 1.0, 0.0]
