@@ -39,7 +39,7 @@ VOLUME_AGGREGATIONS = {"count", "sum", "active_days", "active_weeks", "users", "
 
 
 def holdout_split(ids: np.ndarray, seed: int) -> np.ndarray:
-    """Deterministic half split by a 64-bit FNV-1a hash of the account id (True = training half)."""
+    """Deterministic half split by a 64-bit FNV-1a hash (murmur3 finaliser) of the account id; True = training."""
     raw = np.char.encode(ids.astype(str), "utf-8")
     width = max(1, raw.dtype.itemsize)
     codes = np.frombuffer(raw.astype(f"S{width}").tobytes(), dtype=np.uint8).reshape(len(ids), width)
@@ -50,7 +50,10 @@ def holdout_split(ids: np.ndarray, seed: int) -> np.ndarray:
         for j in range(width):
             live = j < lengths
             h = np.where(live, (h ^ codes[:, j].astype(np.uint64)) * prime, h)
-    return (h >> np.uint64(33)) % np.uint64(2) == 0
+        for mult in (0xFF51AFD7ED558CCD, 0xC4CEB9FE1A85EC53):  # murmur3 fmix64: spread every input bit
+            h = (h ^ (h >> np.uint64(33))) * np.uint64(mult)
+    h ^= h >> np.uint64(33)
+    return (h & np.uint64(1)) == 0
 
 
 def find_threshold(values: np.ndarray, outcome: OutcomeData, train: np.ndarray, horizon: float) -> Threshold | None:
