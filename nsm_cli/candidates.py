@@ -200,8 +200,9 @@ def _growth(frame: pl.DataFrame, source_col: str | None, measures: tuple[str, ..
     if source_col:
         vol = tagged.group_by(pl.col(source_col).alias("source"), "part").agg(pl.len().cast(pl.Float64).alias("volume"))
     else:
-        vol = tagged.unpivot(index=["ts", "part"], on=list(measures or ())).group_by(
-            pl.col("variable").alias("source"), "part").agg(pl.col("value").sum().alias("volume"))
+        vol = tagged.unpivot(index=["ts", "part"], on=list(measures or ()), variable_name="__m",
+                             value_name="__v").group_by(pl.col("__m").alias("source"), "part").agg(
+            pl.col("__v").sum().alias("volume"))
     vol = vol.join(active, on="part").with_columns(pl.col("volume") / pl.col("active"))
     wide = vol.pivot(on="part", index="source", values="volume")
     if "first" not in wide.columns or "last" not in wide.columns:
@@ -216,8 +217,8 @@ def build_periodic_candidates(usage: Usage, cohort: pl.DataFrame, settings: Sett
     if usage.kind == "snapshot":
         frame = usage.frame.group_by(ID).agg(pl.col(m).sum() for m in usage.measures)
         candidates = [Candidate(f"{mapping[m]}.value", m, "value", "snapshot") for m in usage.measures]
-        long = frame.unpivot(index=ID, on=list(usage.measures)).with_columns(
-            name=pl.col("variable").replace_strict(mapping, return_dtype=pl.String) + ".value")
+        long = frame.unpivot(index=ID, on=list(usage.measures), variable_name="__m", value_name="__v").select(
+            ID, name=pl.col("__m").replace_strict(mapping, return_dtype=pl.String) + ".value", value=pl.col("__v"))
         growth: dict[str, float] = {}
     else:
         rows = windowed_events(usage, cohort).collect()
@@ -226,7 +227,7 @@ def build_periodic_candidates(usage: Usage, cohort: pl.DataFrame, settings: Sett
             (pl.col(m) > 0).sum().cast(pl.Float64).alias(f"{mapping[m]}.active_periods"))]
         frame = rows.group_by(ID).agg(aggs)
         candidates = [Candidate(f"{mapping[m]}.{a}", m, a, "wide") for m in usage.measures for a in WIDE_AGGREGATIONS]
-        long = frame.unpivot(index=ID).rename({"variable": "name"})
+        long = frame.unpivot(index=ID, variable_name="name", value_name="__v").rename({"__v": "value"})
         growth = _growth(usage.frame, None, usage.measures)
     metrics = _wide(long.select(ID, "name", pl.col("value").cast(pl.Float64)), cohort, candidates,
                     settings.window_days)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import tempfile
@@ -17,7 +18,7 @@ from nsm_cli import __version__
 from nsm_cli.config import Settings, build_settings, parse_date, parse_duration, parse_weights
 from nsm_cli.errors import InputError, NsmError, UsageError
 from nsm_cli.pipeline import analyze
-from nsm_cli.render import render_csv, render_json, render_markdown, render_rich, render_text
+from nsm_cli.render import render_csv, render_inspect_text, render_json, render_markdown, render_rich, render_text
 
 EXIT_OK, EXIT_GATE, EXIT_USAGE, EXIT_INPUT, EXIT_INTERNAL = 0, 1, 2, 3, 4
 
@@ -172,6 +173,37 @@ def _gates(err: Console, report, fail_under: float | None, expect_top: str | Non
                   markup=False, highlight=False, soft_wrap=True)
         return EXIT_GATE
     return EXIT_OK
+
+
+@app.command()
+def inspect(
+    accounts: Accounts = None, usage: UsageOpt = None, mrr: Mrr = None, config: ConfigOpt = None,
+    column: Column = None, window: Window = None, horizon: Horizon = None, as_of: AsOf = None,
+    landmark: Landmark = None, expansion_min: ExpMin = None, segments: Segments = None,
+    max_events: MaxEvents = None,
+    format: Annotated[Format, typer.Option("--format", "-f", help="table (text) or json.")] = Format.table,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write to FILE instead of stdout.")] = None,
+    debug: Debug = False,
+) -> None:
+    """Profile and check the inputs: shapes, columns, date ranges, rates, and every problem found."""
+    from nsm_cli.inspect import inspect_inputs
+
+    err = Console(stderr=True)
+
+    def body() -> int:
+        settings = _settings(config, column, accounts=accounts, usage=usage, mrr=mrr, window_days=window,
+                             horizon_days=horizon, as_of=as_of, landmark=landmark, expansion_min=expansion_min,
+                             segments=segments, max_events=max_events)
+        report = inspect_inputs(settings)
+        text = json.dumps(report.to_dict(), indent=2, allow_nan=False, ensure_ascii=False) + "\n" \
+            if format is Format.json else render_inspect_text(report)
+        _write_output(text, output, [settings.accounts, settings.usage, settings.mrr])
+        if report.fatal:
+            err.print(f"nsm: error: {report.fatal}", markup=False, highlight=False, soft_wrap=True)
+            return EXIT_INPUT
+        return EXIT_OK
+
+    _run(err, debug, body)
 
 
 @app.command()

@@ -45,6 +45,9 @@ def load_inputs(settings: Settings) -> Inputs:
     problems = Problems()
     accounts_table = read_table(settings.accounts, what="accounts")
     accounts, in_file, segments = clean_accounts(accounts_table, settings, problems)
+    if accounts.height == 0:
+        raise InsufficientDataError(f"no usable account rows (excluded: {dict(problems.excluded) or 'none'})",
+                                    file=accounts_table.name)
     has_churn = accounts["churn"].null_count() < accounts.height or "churn_date" in _roles(accounts_table, settings)
     has_exp = "expansion_date" in _roles(accounts_table, settings)
     usage_table = read_table(settings.usage, what="usage") if settings.usage else None
@@ -90,17 +93,17 @@ def _outcomes(cohort: Cohort, horizon: float) -> tuple[OutcomeData, OutcomeData 
     return churn, OutcomeData("expansion", rows, te, ee, target, label)
 
 
-def _check_enough(cohort: Cohort, churn: OutcomeData) -> None:
-    n, events = len(churn.time), int(churn.event.sum())
-    if n < MIN_ACCOUNTS:
-        raise InsufficientDataError(
-            f"only {n} account(s) can be analysed (excluded: {dict(cohort.excluded) or 'none'}); at least "
-            f"{MIN_ACCOUNTS} are needed. Check --window, --as-of and the signup dates.")
-    if events < MIN_EVENTS or n - events < MIN_EVENTS:
-        what = "churned" if events < MIN_EVENTS else "stayed (none churned)"
-        raise InsufficientDataError(
-            f"only {min(events, n - events)} of {n} analysed accounts {what}; survival statistics need at "
-            f"least {MIN_EVENTS} churns and {MIN_EVENTS} retained accounts. Use a later --as-of or more data.")
+def data_shortfall(n_accounts: int, n_churned: int, excluded: dict[str, int]) -> str | None:
+    """Why the statistics cannot run on this many accounts and churns, or None when they can."""
+    if n_accounts < MIN_ACCOUNTS:
+        return (f"only {n_accounts} account(s) can be analysed (excluded: {dict(excluded) or 'none'}); at least "
+                f"{MIN_ACCOUNTS} are needed. Check --window, --as-of and the signup dates.")
+    if n_churned < MIN_EVENTS or n_accounts - n_churned < MIN_EVENTS:
+        what = "churned" if n_churned < MIN_EVENTS else "stayed"
+        return (f"only {min(n_churned, n_accounts - n_churned)} of {n_accounts} analysed accounts {what}; survival "
+                f"statistics need at least {MIN_EVENTS} churns and {MIN_EVENTS} retained accounts. Use a later "
+                "--as-of or more data.")
+    return None
 
 
 def build_candidates(inputs: Inputs, cohort: Cohort, settings: Settings) -> CandidateSet:
@@ -120,7 +123,9 @@ def analyze(settings: Settings, *, progress: Progress | None = None) -> Report:
     cohort = build_cohort(inputs.accounts, inputs.mrr, settings, inputs.as_of,
                           has_churn_column=inputs.has_churn_column, has_expansion_column=inputs.has_expansion_column)
     churn, expansion = _outcomes(cohort, settings.horizon_days)
-    _check_enough(cohort, churn)
+    shortfall = data_shortfall(len(churn.time), int(churn.event.sum()), dict(cohort.excluded))
+    if shortfall:
+        raise InsufficientDataError(shortfall)
     say("building candidates")
     cands = build_candidates(inputs, cohort, settings)
     if not cands.candidates:

@@ -162,3 +162,38 @@ def render_markdown(report: Report, *, top: int | None) -> str:
     lines += ["", "C: concordance (> 0.5 = higher metric, longer stay / sooner expansion). "
               "HR: hazard ratio per standard deviation of log1p(metric)."]
     return "\n".join(lines) + "\n"
+
+
+def render_inspect_text(report: Any) -> str:
+    """Plain-text profile for `nsm inspect`."""
+    lines: list[str] = []
+    for f in report.files:
+        mapping = ", ".join(f"{role}={col}" for role, col in f["columns"].items())
+        span = f" {f['first_date'][:10]} .. {f['last_date'][:10]}" if f["first_date"] else ""
+        lines.append(f"{f['role']}: {f['path']} — {f['shape']}, {f['rows']} rows{span}")
+        lines.append(f"  columns: {mapping}" + (f"; other: {', '.join(f['other_columns'])}" if f["other_columns"]
+                                                else ""))
+    a = report.accounts
+    if a:
+        rate = _pct(a["churn_rate"])
+        excluded = ", ".join(f"{k} {v}" for k, v in a["excluded"].items()) or "none"
+        lines += ["", f"accounts: {a['in_file']} in file, {a['analysable']} analysable (excluded: {excluded})",
+                  f"  churned after the landmark: {a['churned_after_landmark']} ({rate}); expanded: "
+                  f"{a['expanded_after_landmark']} of {a['expansion_known']} with known status; as of {a['as_of'][:10]}"]
+    e = report.events
+    if e:
+        span = f", {e['first'][:10]} .. {e['last'][:10]}" if e["first"] else ""
+        lines += ["", f"events: {e['rows']} rows, {e['event_types']} types{span}; "
+                  f"{e['accounts_without_events']} account(s) without events"]
+        lines += [f"  {t['event']}: {t['rows']} rows, {t['accounts']} accounts" for t in e["top"]]
+        if e["other_types"]:
+            lines.append(f"  … {e['other_types']} more types, {e['other_rows']} rows")
+    lines += ["", f"problems: {len(report.problems)}" if report.problems else "problems: none found"]
+    for p in report.problems:
+        where = ", ".join(x for x in (p["file"] or "", f"column {p['column']}" if p["column"] else "",
+                                       f"e.g. line {p['example_row']}" if p["example_row"] else "") if x)
+        lines.append(f"  - [{p['code']}] {p['message']}" + (f" ({where})" if where else "")
+                     + (f" → {p['advice']}" if p["advice"] else ""))
+    if report.fatal:
+        lines += ["", f"cannot analyse: {report.fatal}"]
+    return "\n".join(lines) + "\n"

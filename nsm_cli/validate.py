@@ -47,12 +47,44 @@ class Usage:
     has_value: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class FileInfo:
+    """What nsm understood of one input: its shape, size, column mapping and date range."""
+
+    role: str  # accounts | usage | mrr
+    path: str
+    shape: str  # accounts | events | wide | snapshot | mrr
+    rows: int
+    columns: dict[str, str]  # role -> column in the file
+    other_columns: tuple[str, ...]
+    first_date: datetime | None
+    last_date: datetime | None
+
+    def to_dict(self) -> dict[str, object]:
+        return {"role": self.role, "path": self.path, "shape": self.shape, "rows": self.rows,
+                "columns": self.columns, "other_columns": list(self.other_columns),
+                "first_date": self.first_date.isoformat() if self.first_date else None,
+                "last_date": self.last_date.isoformat() if self.last_date else None}
+
+
 @dataclass(slots=True)
 class Problems:
-    """Collects warnings and per-reason exclusion counts while cleaning."""
+    """Collects warnings, per-reason exclusion counts and file descriptions while cleaning."""
 
     warnings: list[DataWarning] = field(default_factory=list)
     excluded: Counter[str] = field(default_factory=Counter)
+    files: list[FileInfo] = field(default_factory=list)
+
+    def describe(self, role: str, table: Table, shape: str, frame: pl.DataFrame, mapping: dict[str, str | None],
+                 date_column: str | None) -> None:
+        used = {c for c in mapping.values() if c}
+        dates = frame[date_column].drop_nulls() if date_column and date_column in frame.columns else None
+        self.files.append(FileInfo(
+            role, table.name, shape, frame.height, {k: v for k, v in mapping.items() if v},
+            tuple(c for c in table.columns if c not in used and c != FILE),
+            dates.min() if dates is not None and dates.len() else None,
+            dates.max() if dates is not None and dates.len() else None,
+        ))
 
     def warn(self, code: str, message: str, *, count: int = 0, file: str | None = None,
              column: str | None = None, example_row: int | None = None, advice: str = "") -> None:
@@ -67,6 +99,32 @@ def first_line(frame: pl.DataFrame, mask: pl.Expr) -> tuple[int, int | None]:
 
 def _bad_date(raw: str, parsed: str) -> pl.Expr:
     return text(raw).is_not_null() & pl.col(parsed).is_null()
+
+
+def check_dates(frame: pl.DataFrame, table: Table, column: str, formats: tuple[str, ...], *, present: pl.Expr,
+                bad: pl.Expr, problems: Problems) -> None:
+    """Refuse a date column that mostly fails to parse; warn when zoned and naive values are mixed."""
+    n_present = frame.select(present.sum()).item()
+    n_bad, line = first_line(frame, bad)
+    if n_present and n_bad > 0.5 * n_present:
+        example = _raw_value(table, column, line)
+        raise InputError(
+            f"{n_bad} of {n_present} values are not ISO dates (first: {example!r}); expected dates like "
+            f"2025-01-31 or datetimes like 2025-01-31T09:30:00Z. Formats recognised in the file: "
+            f"{date_format_label(formats) if formats else 'none'}",
+            file=table.name, column=column, row=line)
+    zoned = [f for f in formats if "%z" in f]
+    if zoned and len(zoned) < len(formats):
+        problems.warn("mixed_time_zones", f"column '{column}' mixes values with and without a time zone; zoned "
+                      "values were converted to UTC and the others taken as UTC", file=table.name, column=column,
+                      advice="export all times in UTC")
+
+
+def _raw_value(table: Table, column: str, line: int | None) -> str:
+    if line is None:
+        return ""
+    value = table.frame.filter(pl.col(LINE) == line).select(pl.col(column).cast(pl.String)).collect()
+    return str(value.item()) if value.height else ""
 
 
 def clean_accounts(table: Table, settings: Settings, problems: Problems) -> tuple[pl.DataFrame, int, tuple[str, ...]]:
@@ -88,6 +146,13 @@ def clean_accounts(table: Table, settings: Settings, problems: Problems) -> tupl
         exprs += [parse_datetime(col, formats, schema[col]).alias(name), pl.col(col).alias(f"__raw_{name}")]
     exprs += [text(s).alias(f"segment:{s}") for s in segments]
     frame = table.frame.select(exprs).collect()
+    for name, col in dated.items():
+        if col is not None:
+            check_dates(frame, table, col, detect_date_formats(table.frame, col),
+                        present=text(f"__raw_{name}").is_not_null(), bad=_bad_date(f"__raw_{name}", name),
+                        problems=problems)
+    mapping = {ID: id_col, "signup_date": signup_col, "churn_date": churn_col, "expansion_date": exp_col}
+    problems.describe("accounts", table, "accounts", frame, mapping, "signup")
     return _exclude_bad_accounts(frame, table, dated, problems), _accounts_in_file(frame), segments
 
 
@@ -117,6 +182,7 @@ def _exclude_bad_accounts(frame: pl.DataFrame, table: Table, dated: dict[str, st
     checks.append(("churn_before_signup", pl.col("churn") < pl.col("signup"), dated["churn"], "check the churn and signup dates"))
     keep = frame
     for reason, mask, column, advice in checks:
+        mask = mask.fill_null(False)
         count, line = first_line(keep, mask)
         if count:
             bad = keep.filter(mask)
@@ -173,6 +239,15 @@ def clean_events(table: Table, settings: Settings, problems: Problems) -> Usage:
         exprs += [parse_number(value_col, schema[value_col]).alias("value"),
                   (text(value_col).is_not_null() & parse_number(value_col, schema[value_col]).is_null()).alias("__bad_value")]
     frame = table.frame.select(exprs).collect()
+    check_dates(frame, table, ts_col, formats, present=pl.col("ts").is_not_null() | pl.col("__bad_ts"),
+                bad=pl.col("__bad_ts"), problems=problems)
+    mapping = {ID: id_col, "timestamp": ts_col, "event": ev_col, "user_id": user_col, "value": value_col}
+    problems.describe("usage", table, "events", frame, mapping, "ts")
+    if value_col:
+        count, line = first_line(frame, pl.col("value") < 0)
+        if count:
+            problems.warn("events_negative_value", f"{count} negative value(s); kept as they are (sum may shrink)",
+                          count=count, file=table.name, column=value_col, example_row=line)
     drops = [
         ("events_missing_account_id", pl.col(ID).is_null(), id_col, "rows without an account id are ignored"),
         ("events_invalid_timestamp", pl.col("__bad_ts"), ts_col,
@@ -192,6 +267,7 @@ def clean_events(table: Table, settings: Settings, problems: Problems) -> Usage:
 
 def _drop_rows(frame: pl.DataFrame, table: Table, drops: list, problems: Problems) -> pl.DataFrame:
     for code, mask, column, advice in drops:
+        mask = mask.fill_null(False)
         count, line = first_line(frame, mask)
         if count:
             problems.warn(code, f"{count} row(s) dropped: {code.replace('_', ' ')}", count=count,
@@ -226,6 +302,13 @@ def clean_periodic(table: Table, settings: Settings, problems: Problems, *, date
                 problems.warn("invalid_number", f"{count} value(s) are not numbers; treated as missing",
                               count=count, file=table.name, column=c, example_row=line)
     frame = frame.select([ID, LINE] + (["ts"] if date_col else []) + measures)
+    problems.describe("usage", table, "wide" if date_col else "snapshot", frame,
+                      {ID: id_col, "date": date_col, **{f"measure:{m}": m for m in measures}}, "ts")
+    negative = [m for m in measures if frame.select((pl.col(m) < 0).any()).item()]
+    for m in negative:
+        count, line = first_line(frame, pl.col(m) < 0)
+        problems.warn("negative_measure", f"{count} negative value(s) in '{m}'; kept as they are",
+                      count=count, file=table.name, column=m, example_row=line)
     drops = [("rows_missing_account_id", pl.col(ID).is_null(), id_col, "rows without an account id are ignored")]
     if date_col:
         drops.append(("rows_invalid_date", pl.col("ts").is_null(), date_col, "use ISO dates like 2025-01-31"))
@@ -261,7 +344,12 @@ def clean_mrr(table: Table, settings: Settings, problems: Problems) -> pl.DataFr
     frame = table.frame.select(
         text(id_col).alias(ID), parse_datetime(date_col, formats, schema[date_col]).alias("ts"),
         parse_number(mrr_col, schema[mrr_col]).alias("mrr"), pl.col(LINE),
+        text(date_col).is_not_null().alias("__has_date"),
     ).collect()
+    check_dates(frame, table, date_col, formats, present=pl.col("__has_date"),
+                bad=pl.col("__has_date") & pl.col("ts").is_null(), problems=problems)
+    frame = frame.drop("__has_date")
+    problems.describe("mrr", table, "mrr", frame, {ID: id_col, "date": date_col, "mrr": mrr_col}, "ts")
     drops = [
         ("mrr_missing_account_id", pl.col(ID).is_null(), id_col, "rows without an account id are ignored"),
         ("mrr_invalid_date", pl.col("ts").is_null(), date_col, f"formats seen: {date_format_label(formats)}"),
@@ -303,6 +391,17 @@ def restrict_usage(usage: Usage, accounts: pl.DataFrame, as_of: datetime, settin
             problems.warn("usage_after_as_of", f"{count} usage row(s) after as_of ({as_of:%Y-%m-%d}) are ignored",
                           count=count, file=table.name, example_row=line)
             frame = frame.filter(pl.col("ts") <= as_of)
+    if "ts" in frame.columns:
+        before = frame.join(accounts.select(ID, "signup"), on=ID).filter(pl.col("ts") < pl.col("signup"))
+        if before.height:
+            problems.warn("usage_before_signup", f"{before.height} usage row(s) are dated before their account's "
+                          "signup; they fall outside every window and are ignored", count=before.height,
+                          file=table.name, example_row=int(before[LINE].min()),
+                          advice="check the signup dates or the event time zone")
+    silent = accounts.height - frame[ID].n_unique()
+    if silent:
+        problems.warn("accounts_without_usage", f"{silent} account(s) have no usage rows at all; they count as 0 "
+                      "for every candidate (not dropped)", count=silent, file=table.name, column=ID)
     if usage.kind == "events":
         frame = _cap_events(frame, settings.max_events, table, problems)
     return Usage(usage.kind, frame.drop(LINE), usage.measures, usage.has_user, usage.has_value)

@@ -1,0 +1,167 @@
+"""Every kind of bad input gets a clear message and exit code 3, or a counted warning — never a traceback.
+
+The corpus in tests/data/bad is made by tests/data/make_corpus.py from the small valid dataset in
+tests/data/base.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from typer.testing import CliRunner
+
+from nsm_cli.cli import app
+
+DATA = Path(__file__).parent / "data"
+BASE, BAD = DATA / "base", DATA / "bad"
+RUNNER = CliRunner()
+
+
+def _run(*, accounts=None, usage=None, mrr=None, extra=(), command="rank", fmt="json"):
+    args = [command, "--accounts", str(accounts or BASE / "accounts.csv"), "--usage", str(usage or BASE / "events.csv"),
+            "--mrr", str(mrr or BASE / "mrr.csv"), "--format", fmt, *extra]
+    if command == "rank":
+        args.append("-q")
+    return RUNNER.invoke(app, args)
+
+
+FATAL = [
+    # (case, kwargs, extra args, message fragments)
+    ("missing file", {"accounts": BAD / "nope.csv"}, (), ["nope.csv", "not found"]),
+    ("folder instead of file", {"usage": BAD}, (), ["folder"]),
+    ("empty file", {"accounts": BAD / "empty.csv"}, (), ["empty.csv", "empty"]),
+    ("header only", {"accounts": BAD / "header_only.csv"}, (), ["header_only.csv", "no data rows"]),
+    ("missing column", {"accounts": BAD / "missing_signup_column.csv"}, (),
+     ["missing_signup_column.csv", "no signup_date column", "closest: signup_dt", "--column signup_date=NAME"]),
+    ("US dates", {"accounts": BAD / "us_dates_accounts.csv"}, (),
+     ["us_dates_accounts.csv", "column 'signup_date'", "line 2", "not ISO dates", "/"]),
+    ("as-of before data", {}, ("--as-of", "2001-01-01"), ["before every signup"]),
+    ("all churned", {"accounts": BAD / "all_churned.csv"}, (), ["stayed", "at least 10"]),
+    ("none churned", {"accounts": BAD / "none_churned.csv"}, (), ["churned", "at least 10"]),
+    ("too few accounts", {"accounts": BAD / "too_few_accounts.csv"}, (), ["at least 30"]),
+    ("corrupt parquet", {"usage": BAD / "corrupt.parquet"}, (), ["corrupt.parquet", "Parquet"]),
+]
+
+
+@pytest.mark.parametrize("case,kwargs,extra,fragments", FATAL, ids=[c[0] for c in FATAL])
+@pytest.mark.parametrize("command", ["rank", "inspect"])
+def test_fatal_input_problems_exit_three_with_a_clear_message(case, kwargs, extra, fragments, command):
+    result = _run(**kwargs, extra=extra, command=command, fmt="table")
+    assert result.exit_code == 3, (result.stdout, result.stderr)
+    message = " ".join(result.stderr.split())
+    for fragment in fragments:
+        assert fragment in message, (fragment, message)
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+WARNED = [
+    # (case, kwargs, extra args, warning codes, excluded reasons)
+    ("semicolons", {"accounts": BAD / "semicolon_accounts.csv"}, (), [], {}),
+    ("tabs", {"usage": BAD / "tab_events.tsv"}, (), [], {}),
+    ("BOM", {"accounts": BAD / "bom_accounts.csv"}, (), [], {}),
+    ("Latin-1", {"accounts": BAD / "latin1_accounts.csv"}, (), [], {}),
+    ("quoted newlines", {"accounts": BAD / "quoted_newlines_accounts.csv"}, (), [], {}),
+    ("parquet events", {"usage": BAD / "events.parquet"}, (), [], {}),
+    ("conflicting duplicates", {"accounts": BAD / "duplicate_conflicting.csv"}, (),
+     ["duplicate_rows", "duplicate_conflicting"], {"duplicate_conflicting": 3}),
+    ("blank ids", {"accounts": BAD / "blank_ids.csv"}, (), ["missing_account_id"], {"missing_account_id": 4}),
+    ("unknown accounts", {"usage": BAD / "unknown_account_events.csv"}, (), ["usage_unknown_accounts"], {}),
+    ("accounts without events", {"usage": BAD / "accounts_without_events.csv"}, (), ["accounts_without_usage"], {}),
+    ("churn before signup", {"accounts": BAD / "churn_before_signup.csv"}, (), ["churn_before_signup"],
+     {"churn_before_signup": 3}),
+    ("events before signup and after as-of", {"usage": BAD / "events_outside_dates.csv"},
+     ("--as-of", "2025-06-30"), ["usage_before_signup", "usage_after_as_of"], {}),
+    ("mixed date formats", {"accounts": BAD / "mixed_dates_accounts.csv"}, (), ["invalid_signup_date"],
+     {"invalid_signup_date": 1}),
+    ("mixed time zones", {"usage": BAD / "mixed_zones_events.csv"}, (), ["mixed_time_zones"], {}),
+    ("messy numbers", {"mrr": BAD / "messy_numbers_mrr.csv"}, (), ["mrr_invalid_amount", "mrr_negative"], {}),
+    ("odd event names", {"usage": BAD / "odd_event_names.csv"}, (), ["name_collision"], {}),
+    ("thousands of event types", {"usage": BAD / "many_event_types.csv"}, ("--max-events", "5"),
+     ["events_capped"], {}),
+]
+
+
+@pytest.mark.parametrize("case,kwargs,extra,codes,excluded", WARNED, ids=[c[0] for c in WARNED])
+def test_partial_problems_are_counted_warnings(case, kwargs, extra, codes, excluded):
+    result = _run(**kwargs, extra=extra)
+    assert result.exit_code == 0, result.stderr
+    data = json.loads(result.stdout)["data"]
+    got = {w["code"] for w in data["warnings"]}
+    assert set(codes) <= got, got
+    for reason, n in excluded.items():
+        assert data["accounts_excluded"][reason] == n
+    assert data["accounts_analysed"] + sum(data["accounts_excluded"].values()) == data["accounts_total"]
+    for w in data["warnings"]:
+        assert w["count"] >= 0 and w["message"]
+
+
+def test_odd_event_names_are_escaped_in_markdown():
+    result = _run(usage=BAD / "odd_event_names.csv", fmt="markdown")
+    assert result.exit_code == 0
+    assert "<b>" not in result.stdout
+    names = json.loads(_run(usage=BAD / "odd_event_names.csv").stdout)["candidates"]
+    assert all(c["name"].replace("_", "").replace(".", "").isalnum() for c in names)
+
+
+def test_inspect_reports_shape_mapping_and_problems():
+    result = _run(usage=BAD / "unknown_account_events.csv", command="inspect")
+    assert result.exit_code == 0
+    data = json.loads(result.stdout)
+    assert [f["shape"] for f in data["files"]] == ["accounts", "events", "mrr"]
+    assert data["files"][1]["columns"]["timestamp"] == "timestamp"
+    assert data["events"]["event_types"] == 7 and len(data["events"]["top"]) == 7
+    problem = next(p for p in data["problems"] if p["code"] == "usage_unknown_accounts")
+    assert problem["count"] == 5 and problem["example_row"] > 1 and problem["advice"]
+    text = _run(usage=BAD / "unknown_account_events.csv", command="inspect", fmt="table").stdout
+    assert "usage_unknown_accounts" in text and "events:" in text
+
+
+def test_inputs_are_never_modified(tmp_path):
+    before = {p: p.read_bytes() for p in BASE.iterdir()}
+    mtimes = {p: os.stat(p).st_mtime_ns for p in BASE.iterdir()}
+    assert _run(extra=("--output", str(tmp_path / "out.json"))).exit_code == 0
+    assert {p: p.read_bytes() for p in BASE.iterdir()} == before
+    assert {p: os.stat(p).st_mtime_ns for p in BASE.iterdir()} == mtimes
+
+
+# ---- fuzzing: random CSVs never produce a traceback or exit code 4 ---------------------------
+
+cell = st.one_of(
+    st.just(""), st.sampled_from(["N/A", "-", "null", "2025-01-01", "2025-13-45", "01/02/2025", "1,234", "$5",
+                                   "=cmd()", "😀", "a;b", '"q"', "2024-05-01T10:00:00+05:00"]),
+    st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=8),
+    st.integers(-5, 10**6).map(str),
+)
+header = st.lists(st.sampled_from(["account_id", "signup_date", "churn_date", "timestamp", "event", "user_id",
+                                   "value", "date", "mrr", "plan", "x", "Customer ID", "created_at"]),
+                  min_size=1, max_size=6, unique=True)
+
+
+@st.composite
+def csv_file(draw):
+    cols = draw(header)
+    rows = draw(st.lists(st.lists(cell, min_size=len(cols), max_size=len(cols)), max_size=40))
+    sep = draw(st.sampled_from([",", ";", "\t"]))
+    lines = [sep.join(cols)] + [sep.join('"' + c.replace('"', '""') + '"' for c in r) for r in rows]
+    encoding = draw(st.sampled_from(["utf-8", "utf-8-sig", "latin-1"]))
+    return ("\n".join(lines) + "\n").encode(encoding, errors="replace")
+
+
+# NSM_FUZZ_EXAMPLES=3000 for a long fuzzing run; the default keeps the suite fast.
+@settings(max_examples=int(os.environ.get("NSM_FUZZ_EXAMPLES", "60")), deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(accounts=csv_file(), usage=csv_file(), which=st.sampled_from(["accounts", "usage", "both"]))
+def test_fuzzed_inputs_never_crash(tmp_path_factory, accounts, usage, which):
+    folder = tmp_path_factory.mktemp("fuzz")
+    a, u = folder / "a.csv", folder / "u.csv"
+    a.write_bytes(accounts if which != "usage" else (BASE / "accounts.csv").read_bytes())
+    u.write_bytes(usage if which != "accounts" else (BASE / "events.csv").read_bytes())
+    for command in ("rank", "inspect"):
+        result = RUNNER.invoke(app, [command, "--accounts", str(a), "--usage", str(u)])
+        assert result.exit_code in (0, 1, 3), (command, result.exit_code, result.stderr)
+        assert "Traceback" not in result.stderr + result.stdout
