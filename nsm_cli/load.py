@@ -52,17 +52,24 @@ SYNONYMS: dict[str, tuple[str, ...]] = {
 }
 SEGMENT_NAMES = ("plan", "tier", "segment", "seats", "industry", "region", "company_size", "size")
 
-_DATE_FORMATS = (
+_DATE_FORMATS = (  # fastest first; "Z" is matched literally (UTC), other offsets with %z
     "%Y-%m-%d",
-    "%Y-%m-%dT%H:%M:%S%.f%z",
-    "%Y-%m-%d %H:%M:%S%.f%z",
+    "%Y-%m-%dT%H:%M:%SZ",
+    "%Y-%m-%dT%H:%M:%S",
+    "%Y-%m-%d %H:%M:%S",
+    "%Y-%m-%dT%H:%M:%S%.fZ",
     "%Y-%m-%dT%H:%M:%S%.f",
     "%Y-%m-%d %H:%M:%S%.f",
+    "%Y-%m-%dT%H:%M:%S%.f%z",
+    "%Y-%m-%d %H:%M:%S%.f%z",
+    "%Y-%m-%dT%H:%MZ",
     "%Y-%m-%dT%H:%M",
     "%Y-%m-%d %H:%M",
     "%Y/%m/%d",
 )
-NULL_TOKENS = ("", "na", "n/a", "nan", "null", "none", "-", "--", "#n/a")
+_NULL_WORDS = ("na", "n/a", "nan", "null", "none", "#n/a")
+NULL_TOKENS = ("", "-", "--", *_NULL_WORDS, *(w.upper() for w in _NULL_WORDS), *(w.title() for w in _NULL_WORDS),
+               "NaN", "N/a")
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,7 +136,7 @@ def _read_one(path: str) -> pl.LazyFrame:
         head = handle.read(1 << 16)
     if not head.strip():
         raise InputError("the file is empty; expected a header line and data rows", file=path)
-    encoding = _sniff_encoding(head)
+    encoding = _sniff_encoding(head, complete=len(head) < (1 << 16))
     text_head = head.decode(encoding, errors="replace").lstrip("\ufeff")
     lines = [line for line in text_head.splitlines() if line.strip()]
     if len(lines) < 2 and len(head) < (1 << 16):
@@ -149,11 +156,11 @@ def _read_one(path: str) -> pl.LazyFrame:
     return pl.read_csv(io.BytesIO(data), **options).lazy()
 
 
-def _sniff_encoding(head: bytes) -> str:
+def _sniff_encoding(head: bytes, *, complete: bool) -> str:
     try:
         head.decode("utf-8")
     except UnicodeDecodeError as exc:
-        if exc.start < len(head) - 4:  # not just a character cut at the end of the sample
+        if complete or exc.start < len(head) - 4:  # not just a character cut at the end of the sample
             return "cp1252" if _is_cp1252(head) else "latin-1"
     return "utf-8"
 
@@ -207,18 +214,35 @@ def _suggest(name: str, table: Table) -> str:
 def text(column: str) -> pl.Expr:
     """A column as stripped text with the usual null spellings turned into null."""
     value = pl.col(column).cast(pl.String).str.strip_chars()
-    return pl.when(value.str.to_lowercase().is_in(NULL_TOKENS)).then(None).otherwise(value)
+    return pl.when(value.is_in(NULL_TOKENS)).then(None).otherwise(value)
 
 
 def detect_date_formats(frame: pl.LazyFrame, column: str) -> tuple[str, ...]:
-    """Formats (from _DATE_FORMATS) seen in the first 10,000 non-null values of `column`."""
-    sample = (
-        frame.select(_zulu(text(column)).alias("v")).drop_nulls().head(10_000).collect().to_series()
-    )
+    """The fewest formats (from _DATE_FORMATS) that parse the first 10,000 non-null values of `column`.
+
+    Greedy cover: take the format that parses most of the remaining sample, repeat. Values that no
+    format parses are left for `validate` to count and report.
+    """
+    sample = frame.select(text(column).alias("v")).drop_nulls().head(10_000).collect().to_series()
     if sample.dtype != pl.String:
         return ()
-    seen = tuple(f for f in _DATE_FORMATS if sample.str.to_datetime(f, strict=False).is_not_null().any())
-    return seen or _DATE_FORMATS[:1]
+    chosen: list[str] = []
+    remaining = sample
+    while remaining.len():
+        hits = {f: _parse_one(remaining, f).is_not_null() for f in _DATE_FORMATS if f not in chosen}
+        best = max(hits, key=lambda f: (int(hits[f].sum()), -_DATE_FORMATS.index(f)), default=None)
+        if best is None or not hits[best].any():
+            break
+        chosen.append(best)
+        remaining = remaining.filter(~hits[best])
+    return tuple(chosen) or _DATE_FORMATS[:1]
+
+
+def _parse_one(target: pl.Expr | pl.Series, fmt: str) -> pl.Expr | pl.Series:
+    """Parse with one format (an expression or a Series); zoned formats are converted to naive UTC."""
+    if "%z" in fmt:
+        return target.str.to_datetime(fmt, strict=False, time_unit="us", time_zone="UTC").dt.replace_time_zone(None)
+    return target.str.to_datetime(fmt, strict=False, time_unit="us")
 
 
 def parse_datetime(column: str, formats: tuple[str, ...], dtype: pl.DataType) -> pl.Expr:
@@ -228,18 +252,9 @@ def parse_datetime(column: str, formats: tuple[str, ...], dtype: pl.DataType) ->
         if isinstance(dtype, pl.Datetime) and dtype.time_zone:
             expr = expr.dt.convert_time_zone("UTC").dt.replace_time_zone(None)
         return expr.cast(pl.Datetime("us"))
-    value = _zulu(text(column))
-    parsed = [
-        value.str.to_datetime(f, strict=False, time_unit="us", time_zone="UTC").dt.replace_time_zone(None)
-        if "%z" in f
-        else value.str.to_datetime(f, strict=False, time_unit="us")
-        for f in formats
-    ]
+    value = pl.col(column).cast(pl.String).str.strip_chars()
+    parsed = [_parse_one(value, f) for f in formats]
     return pl.coalesce(parsed) if len(parsed) > 1 else parsed[0]
-
-
-def _zulu(expr: pl.Expr) -> pl.Expr:
-    return expr.str.replace(r"[Zz]$", "+00:00")
 
 
 def parse_number(column: str, dtype: pl.DataType) -> pl.Expr:

@@ -42,6 +42,17 @@ class Inputs:
 
 
 def load_inputs(settings: Settings) -> Inputs:
+    """Read and clean every input. Encoding errors deep inside a large file become InputError."""
+    try:
+        return _load_inputs(settings)
+    except pl.exceptions.ComputeError as exc:
+        if "utf-8" not in str(exc).lower() and "utf8" not in str(exc).lower():
+            raise
+        raise InputError("an input file is not valid UTF-8 past its first 64 KB (nsm detects Latin-1 only from "
+                         "the start of a file); re-export it as UTF-8") from None
+
+
+def _load_inputs(settings: Settings) -> Inputs:
     problems = Problems()
     accounts_table = read_table(settings.accounts, what="accounts")
     accounts, in_file, segments = clean_accounts(accounts_table, settings, problems)
