@@ -41,7 +41,6 @@ class CandidateSet:
     metrics: pl.DataFrame
     candidates: tuple[Candidate, ...]
     skipped: tuple[tuple[str, str], ...]  # (name, reason)
-    source_growth: dict[str, float]  # source -> volume in last third / first third of the data span
     warnings: tuple[DataWarning, ...]
 
 
@@ -69,12 +68,13 @@ def slugs_for(names: list[str]) -> tuple[dict[str, str], list[DataWarning]]:
 
 
 def _event_aggs(usage: Usage, window_days: float) -> list[pl.Expr]:
-    offset = (pl.col("ts") - pl.col("window_start")).dt.total_microseconds() / 86_400_000_000
+    """Aggregations over windowed events (which carry `__offset`, days since the window start)."""
+    day = pl.col("__offset").floor().cast(pl.Int32)
     aggs = [
         pl.len().cast(pl.Float64).alias("count"),
-        pl.col("ts").dt.date().n_unique().cast(pl.Float64).alias("active_days"),
-        (offset // 7).n_unique().cast(pl.Float64).alias("active_weeks"),
-        offset.min().alias("days_to_first"),
+        day.n_unique().cast(pl.Float64).alias("active_days"),
+        (day // 7).n_unique().cast(pl.Float64).alias("active_weeks"),
+        pl.col("__offset").min().alias("days_to_first"),
     ]
     if usage.has_user:
         aggs.append(pl.col("user_id").drop_nulls().n_unique().cast(pl.Float64).alias("users"))
@@ -88,11 +88,12 @@ def _fill(aggregation: str, window_days: float) -> float:
 
 
 def windowed_events(usage: Usage, cohort: pl.DataFrame) -> pl.LazyFrame:
-    """Events inside each account's window [window_start, landmark)."""
+    """Usage rows inside each account's window [window_start, landmark), with `__offset` in days."""
     bounds = cohort.select(ID, "window_start", "landmark").lazy()
     return (
         usage.frame.lazy().join(bounds, on=ID, how="inner")
         .filter((pl.col("ts") >= pl.col("window_start")) & (pl.col("ts") < pl.col("landmark")))
+        .with_columns(__offset=(pl.col("ts") - pl.col("window_start")).dt.total_microseconds() / 86_400_000_000)
     )
 
 
@@ -109,7 +110,7 @@ def _long_from_events(usage: Usage, events: pl.LazyFrame, window_days: float) ->
 
 
 def build_event_candidates(usage: Usage, cohort: pl.DataFrame, settings: Settings) -> CandidateSet:
-    events = windowed_events(usage, cohort)
+    events = windowed_events(usage, cohort).collect().lazy()  # materialised once, aggregated several ways
     long = _long_from_events(usage, events, settings.window_days).collect()
     sources = sorted(set(usage.frame["event"].unique().to_list()))
     mapping, warnings = slugs_for(sources)
@@ -127,8 +128,7 @@ def build_event_candidates(usage: Usage, cohort: pl.DataFrame, settings: Setting
     frames += [_config_metric(spec, usage, events, settings) for spec in settings.candidates if spec.ratio is None]
     metrics = _wide(pl.concat(frames), cohort, candidates, settings.window_days)
     metrics, candidates = _add_ratios(metrics, candidates, settings.candidates)
-    growth = _growth(usage.frame, "event", None)
-    return _finish(metrics, candidates, growth, warnings, settings.window_days)
+    return _finish(metrics, candidates, warnings, settings.window_days)
 
 
 def _config_candidates(specs: tuple[CandidateSpec, ...]) -> list[Candidate]:
@@ -186,31 +186,6 @@ def _add_ratios(metrics: pl.DataFrame, candidates: list[Candidate], specs: tuple
     return metrics, candidates
 
 
-def _growth(frame: pl.DataFrame, source_col: str | None, measures: tuple[str, ...] | None) -> dict[str, float]:
-    """Per source: volume per active account in the last third of the data's time span, over the same in
-    the first third. Above 1 the behaviour grows faster than the customer base."""
-    if "ts" not in frame.columns or frame.height == 0:
-        return {}
-    lo, hi = frame["ts"].min(), frame["ts"].max()
-    third = (hi - lo) / 3
-    part = pl.when(pl.col("ts") < lo + third).then(pl.lit("first")).when(pl.col("ts") >= hi - third).then(
-        pl.lit("last"))
-    tagged = frame.with_columns(part.alias("part")).drop_nulls("part")
-    active = tagged.group_by("part").agg(pl.col(ID).n_unique().alias("active"))
-    if source_col:
-        vol = tagged.group_by(pl.col(source_col).alias("source"), "part").agg(pl.len().cast(pl.Float64).alias("volume"))
-    else:
-        vol = tagged.unpivot(index=["ts", "part"], on=list(measures or ()), variable_name="__m",
-                             value_name="__v").group_by(pl.col("__m").alias("source"), "part").agg(
-            pl.col("__v").sum().alias("volume"))
-    vol = vol.join(active, on="part").with_columns(pl.col("volume") / pl.col("active"))
-    wide = vol.pivot(on="part", index="source", values="volume")
-    if "first" not in wide.columns or "last" not in wide.columns:
-        return {}
-    rows = wide.select("source", (pl.col("last") / pl.col("first")).alias("g")).drop_nulls().rows()
-    return {str(src): float(g) for src, g in rows}
-
-
 def build_periodic_candidates(usage: Usage, cohort: pl.DataFrame, settings: Settings) -> CandidateSet:
     """Wide periodic table: sum/mean/active_periods per measure; snapshot: the value itself."""
     mapping, warnings = slugs_for(list(usage.measures))
@@ -219,7 +194,6 @@ def build_periodic_candidates(usage: Usage, cohort: pl.DataFrame, settings: Sett
         candidates = [Candidate(f"{mapping[m]}.value", m, "value", "snapshot") for m in usage.measures]
         long = frame.unpivot(index=ID, on=list(usage.measures), variable_name="__m", value_name="__v").select(
             ID, name=pl.col("__m").replace_strict(mapping, return_dtype=pl.String) + ".value", value=pl.col("__v"))
-        growth: dict[str, float] = {}
     else:
         rows = windowed_events(usage, cohort).collect()
         aggs = [e for m in usage.measures for e in (
@@ -228,15 +202,14 @@ def build_periodic_candidates(usage: Usage, cohort: pl.DataFrame, settings: Sett
         frame = rows.group_by(ID).agg(aggs)
         candidates = [Candidate(f"{mapping[m]}.{a}", m, a, "wide") for m in usage.measures for a in WIDE_AGGREGATIONS]
         long = frame.unpivot(index=ID, variable_name="name", value_name="__v").rename({"__v": "value"})
-        growth = _growth(usage.frame, None, usage.measures)
     metrics = _wide(long.select(ID, "name", pl.col("value").cast(pl.Float64)), cohort, candidates,
                     settings.window_days)
     metrics, candidates = _add_ratios(metrics, candidates, settings.candidates)
-    return _finish(metrics, candidates, growth, warnings, settings.window_days)
+    return _finish(metrics, candidates, warnings, settings.window_days)
 
 
-def _finish(metrics: pl.DataFrame, candidates: list[Candidate], growth: dict[str, float],
-            warnings: list[DataWarning], window_days: float) -> CandidateSet:
+def _finish(metrics: pl.DataFrame, candidates: list[Candidate], warnings: list[DataWarning],
+            window_days: float) -> CandidateSet:
     """Skip constant and nearly empty candidates, with the reason."""
     n = metrics.height
     kept, skipped = [], []
@@ -252,7 +225,7 @@ def _finish(metrics: pl.DataFrame, candidates: list[Candidate], growth: dict[str
             skipped.append((c.name, f"nearly empty: only {with_it} of {n} accounts have it"))
         else:
             kept.append(c)
-    return CandidateSet(metrics.select(ID, *[c.name for c in kept]), tuple(kept), tuple(skipped), growth,
+    return CandidateSet(metrics.select(ID, *[c.name for c in kept]), tuple(kept), tuple(skipped),
                         tuple(warnings))
 
 

@@ -158,11 +158,13 @@ def _assess(inputs: Inputs, cohort: Cohort, cands: CandidateSet, churn: OutcomeD
     train = holdout_split(cohort.frame["account_id"].to_numpy(), settings.seed)
     ranked = stats.rank_columns(matrix)
     tenure = stats.spearman_with(ranked, cohort.frame["tenure_days"].to_numpy())
+    signup_days = cohort.frame.select(pl.col("signup").dt.epoch("s")).to_series().to_numpy()
+    trend = stats.spearman_with(ranked, signup_days)
     cover = coverage(cands.metrics, cands.candidates, settings.window_days)
     facts, churn_stats, exp_stats = [], [], []
     for j, c in enumerate(cands.candidates):
         facts.append(CandidateFacts(c.name, c.source, c.aggregation, c.origin, cover[c.name],
-                                    float(np.nan_to_num(tenure[j])), cands.source_growth.get(c.source, 1.0)))
+                                    float(np.nan_to_num(tenure[j])), float(np.nan_to_num(trend[j]))))
         thr = find_threshold(matrix[:, j], churn, train, settings.horizon_days)
         churn_stats.append(outcome_stats(ev_churn, j, churn.spearman_target_name, thr))
         if expansion and ev_exp is not None:

@@ -30,7 +30,7 @@ MIN_SIDE_SHARE = 0.10
 REDUNDANT_RHO = 0.9
 TENURE_RHO = 0.7
 TOO_GOOD_C = 0.95
-VANITY_GROWTH = 1.25
+VANITY_TREND = 0.2
 NO_POWER_C = 0.02
 CONFOUNDED_KEEP = 0.5  # adjusted log HR keeps less than half of the raw one
 COLLINEAR_R2 = 0.9  # or the segments explain >= 90% of the candidate's variance
@@ -121,7 +121,7 @@ class CandidateFacts:
     origin: str
     coverage: float
     tenure_spearman: float
-    source_growth: float
+    volume_trend: float  # Spearman with signup date: > 0 means newer accounts do more of it
 
 
 def orientation(facts: CandidateFacts, churn: OutcomeStats) -> float:
@@ -165,7 +165,7 @@ def candidate_flags(facts: CandidateFacts, churn: OutcomeStats, expansion: Outco
         flags.append("not_significant")
     if facts.coverage < LOW_COVERAGE:
         flags.append("low_coverage")
-    if (_no_power(churn) and _no_power(expansion) and facts.source_growth >= VANITY_GROWTH
+    if (_no_power(churn) and _no_power(expansion) and facts.volume_trend >= VANITY_TREND
             and facts.aggregation in VOLUME_AGGREGATIONS):
         flags.append("vanity")
     if _confounded(churn):

@@ -19,7 +19,7 @@ FLAG_LEGEND = {
     "risk_signal": "higher values go with MORE churn: a warning sign, not a North Star",
     "not_significant": "no significant link to churn or expansion after multiple-testing correction (q >= 0.05)",
     "low_coverage": "fewer than 10% of accounts do it",
-    "vanity": "volume grows but it predicts nothing",
+    "vanity": "volume grows (newer accounts do more of it) but it predicts nothing",
     "redundant": "measures the same thing as a better-ranked candidate (|Spearman| >= 0.9); see its family",
     "confounded": "most of the effect disappears after adjusting for plan/segment",
     "tracks_tenure": "mostly follows account age (|Spearman| >= 0.7): a lifetime total leaks the outcome",

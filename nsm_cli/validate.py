@@ -231,14 +231,15 @@ def clean_events(table: Table, settings: Settings, problems: Problems) -> Usage:
         parse_datetime(ts_col, formats, schema[ts_col]).alias("ts"),
         text(ev_col).alias("event"),
         pl.col(LINE),
-        (text(ts_col).is_not_null() & parse_datetime(ts_col, formats, schema[ts_col]).is_null()).alias("__bad_ts"),
+        text(ts_col).is_not_null().alias("__has_ts"),
     ]
     if user_col:
         exprs.append(text(user_col).alias("user_id"))
     if value_col:
         exprs += [parse_number(value_col, schema[value_col]).alias("value"),
                   (text(value_col).is_not_null() & parse_number(value_col, schema[value_col]).is_null()).alias("__bad_value")]
-    frame = table.frame.select(exprs).collect()
+    frame = table.frame.select(exprs).with_columns(
+        (pl.col("__has_ts") & pl.col("ts").is_null()).alias("__bad_ts")).drop("__has_ts").collect()
     check_dates(frame, table, ts_col, formats, present=pl.col("ts").is_not_null() | pl.col("__bad_ts"),
                 bad=pl.col("__bad_ts"), problems=problems)
     mapping = {ID: id_col, "timestamp": ts_col, "event": ev_col, "user_id": user_col, "value": value_col}
@@ -375,36 +376,59 @@ def latest_date(accounts: pl.DataFrame, usage: Usage | None, mrr: pl.DataFrame |
 
 def restrict_usage(usage: Usage, accounts: pl.DataFrame, as_of: datetime, settings: Settings,
                    table: Table, problems: Problems) -> Usage:
-    """Drop (and count) usage rows for unknown accounts and after as_of; cap event types."""
+    """Drop (and count) usage rows for unknown accounts and after as_of; cap event types.
+
+    One pass builds a per-account summary (rows, first date, first line); every check reads it, and
+    the big frame is filtered only when something has to go.
+    """
     frame = usage.frame
-    known = pl.col(ID).is_in(accounts[ID].implode())
-    count, line = first_line(frame, ~known)
-    if count:
-        n_ids = frame.filter(~known)[ID].n_unique()
-        problems.warn("usage_unknown_accounts", f"{count} usage row(s) for {n_ids} account id(s) not in the "
+    has_ts = "ts" in frame.columns
+    per_account = frame.group_by(ID).agg(
+        pl.len().alias("rows"), pl.col(LINE).min().alias("line"),
+        *([pl.col("ts").min().alias("first"), (pl.col("ts") > as_of).sum().alias("late")] if has_ts else []),
+    ).join(accounts.select(ID, "signup"), on=ID, how="left")
+    unknown = per_account.filter(pl.col("signup").is_null())
+    if unknown.height:
+        count = int(unknown["rows"].sum())
+        problems.warn("usage_unknown_accounts", f"{count} usage row(s) for {unknown.height} account id(s) not in the "
                       "accounts file (or excluded from it) are ignored", count=count, file=table.name,
-                      column=ID, example_row=line, advice="check that both exports use the same account id")
-        frame = frame.filter(known)
-    if "ts" in frame.columns:
-        count, line = first_line(frame, pl.col("ts") > as_of)
-        if count:
-            problems.warn("usage_after_as_of", f"{count} usage row(s) after as_of ({as_of:%Y-%m-%d}) are ignored",
-                          count=count, file=table.name, example_row=line)
-            frame = frame.filter(pl.col("ts") <= as_of)
-    if "ts" in frame.columns:
-        before = frame.join(accounts.select(ID, "signup"), on=ID).filter(pl.col("ts") < pl.col("signup"))
-        if before.height:
-            problems.warn("usage_before_signup", f"{before.height} usage row(s) are dated before their account's "
-                          "signup; they fall outside every window and are ignored", count=before.height,
-                          file=table.name, example_row=int(before[LINE].min()),
-                          advice="check the signup dates or the event time zone")
-    silent = accounts.height - frame[ID].n_unique()
+                      column=ID, example_row=int(unknown["line"].min()),
+                      advice="check that both exports use the same account id")
+        frame = frame.filter(pl.col(ID).is_in(per_account.filter(pl.col("signup").is_not_null())[ID].implode()))
+    known = per_account.filter(pl.col("signup").is_not_null())
+    if has_ts:
+        frame = _drop_late_rows(frame, known, as_of, table, problems)
+        _warn_before_signup(frame, known, table, problems)
+    silent = accounts.height - known.height
     if silent:
         problems.warn("accounts_without_usage", f"{silent} account(s) have no usage rows at all; they count as 0 "
                       "for every candidate (not dropped)", count=silent, file=table.name, column=ID)
     if usage.kind == "events":
         frame = _cap_events(frame, settings.max_events, table, problems)
     return Usage(usage.kind, frame.drop(LINE), usage.measures, usage.has_user, usage.has_value)
+
+
+def _drop_late_rows(frame: pl.DataFrame, known: pl.DataFrame, as_of: datetime, table: Table,
+                    problems: Problems) -> pl.DataFrame:
+    late = int(known["late"].sum())
+    if not late:
+        return frame
+    count, line = first_line(frame, pl.col("ts") > as_of)
+    problems.warn("usage_after_as_of", f"{count} usage row(s) after as_of ({as_of:%Y-%m-%d}) are ignored",
+                  count=count, file=table.name, example_row=line)
+    return frame.filter(pl.col("ts") <= as_of)
+
+
+def _warn_before_signup(frame: pl.DataFrame, known: pl.DataFrame, table: Table, problems: Problems) -> None:
+    early_ids = known.filter(pl.col("first") < pl.col("signup")).select(ID, "signup")
+    if not early_ids.height:
+        return
+    before = frame.filter(pl.col(ID).is_in(early_ids[ID].implode())).join(early_ids, on=ID).filter(
+        pl.col("ts") < pl.col("signup"))
+    problems.warn("usage_before_signup", f"{before.height} usage row(s) are dated before their account's "
+                  "signup; they fall outside every window and are ignored", count=before.height,
+                  file=table.name, example_row=int(before[LINE].min()),
+                  advice="check the signup dates or the event time zone")
 
 
 def _cap_events(frame: pl.DataFrame, max_events: int, table: Table, problems: Problems) -> pl.DataFrame:

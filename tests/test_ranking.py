@@ -24,8 +24,8 @@ def _o(c, q, hr=0.7, adj=None, fit="ok", r2=None):
                         adjusted_hazard_ratio=adj, segment_r2=r2)
 
 
-def _facts(coverage=0.5, tenure=0.0, growth=1.0, aggregation="count"):
-    return CandidateFacts("e.count", "e", aggregation, "events", coverage, tenure, growth)
+def _facts(coverage=0.5, tenure=0.0, trend=0.0, aggregation="count"):
+    return CandidateFacts("e.count", "e", aggregation, "events", coverage, tenure, trend)
 
 
 def test_score_formula_by_hand():
@@ -48,7 +48,7 @@ def test_without_expansion_all_weight_goes_to_churn():
     (_o(0.40, 0.001, hr=1.5), _facts(), "risk_signal"),
     (_o(0.52, 0.30), _facts(), "not_significant"),
     (_o(0.60, 0.001), _facts(coverage=0.05), "low_coverage"),
-    (_o(0.505, 0.40), _facts(growth=1.6), "vanity"),
+    (_o(0.505, 0.40), _facts(trend=0.4), "vanity"),
     (_o(0.60, 0.001, hr=0.7, adj=0.95), _facts(), "confounded"),
     (_o(0.60, 0.001, hr=0.7, adj=0.70, r2=0.95), _facts(), "confounded"),
     (_o(0.60, 0.001), _facts(tenure=0.8), "tracks_tenure"),
