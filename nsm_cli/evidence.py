@@ -66,40 +66,60 @@ def standardise(metrics: np.ndarray) -> np.ndarray:
     return (x - x.mean(axis=0)) / sd
 
 
-def segment_design(frame: pl.DataFrame, segment_columns: tuple[str, ...]) -> np.ndarray | None:
-    """Covariates for adjustment: numeric segments as standardised log1p, others as dummies.
+@dataclass(frozen=True, slots=True)
+class Segments:
+    """How to adjust for segments: categorical ones as Cox strata, numeric ones as covariates.
 
-    Categorical levels under 1% of accounts are pooled as 'other'; the most common level
-    is the reference. Missing values form their own level.
+    `strata`: one integer code per account (combinations of the categorical segments; any
+    combination under 1% of accounts is pooled into one 'other' stratum). `covariates`: numeric
+    segments as standardised log1p, collinear columns dropped. `dummies`: the strata as indicator
+    columns, used only to measure how much of a candidate the segments explain.
     """
-    blocks = []
+
+    strata: np.ndarray | None
+    covariates: np.ndarray | None
+    dummies: np.ndarray | None
+
+    def explained_design(self) -> np.ndarray:
+        parts = [p for p in (self.dummies, self.covariates) if p is not None]
+        return np.hstack(parts) if parts else np.zeros((0, 0))
+
+
+def segment_design(frame: pl.DataFrame, segment_columns: tuple[str, ...]) -> Segments | None:
+    numeric, categorical = [], []
     for col in segment_columns:
         raw = frame[f"segment:{col}"]
-        numeric = raw.cast(pl.Float64, strict=False)
-        if raw.null_count() < raw.len() and numeric.null_count() == raw.null_count() and numeric.n_unique() > 2:
-            values = numeric.fill_null(numeric.median()).to_numpy()[:, None]
-            blocks.append(standardise(values))
-            continue
-        labels = raw.fill_null("(missing)")
-        counts = labels.value_counts(sort=True, name="n")
-        keep = counts.filter(pl.col("n") >= MIN_LEVEL_SHARE * raw.len())[raw.name].to_list()
-        labels = labels.to_frame().select(
-            pl.when(pl.col(raw.name).is_in(keep)).then(pl.col(raw.name)).otherwise(pl.lit("(other)"))
-        ).to_series()
-        levels = labels.value_counts(sort=True, name="n").sort(["n", raw.name], descending=[True, False])
-        for level in levels[raw.name].to_list()[1:]:
-            blocks.append((labels == level).to_numpy().astype(float)[:, None])
-    return _independent_columns(np.hstack(blocks)) if blocks else None
+        values = raw.cast(pl.Float64, strict=False)
+        if raw.null_count() < raw.len() and values.null_count() == raw.null_count() and values.n_unique() > 2:
+            numeric.append(standardise(values.fill_null(values.median()).to_numpy()[:, None]))
+        else:
+            categorical.append(raw.fill_null("(missing)").alias(col))
+    strata = dummies = None
+    if categorical:
+        combo = pl.DataFrame(categorical).select(pl.concat_str(pl.all(), separator="\x1f").alias("s"))["s"]
+        counts = combo.value_counts(name="n")
+        small = counts.filter(pl.col("n") < MIN_LEVEL_SHARE * combo.len())["s"]
+        combo = pl.DataFrame({"s": combo}).select(
+            pl.when(pl.col("s").is_in(small.implode())).then(pl.lit("\x00other")).otherwise(pl.col("s")).alias("s"))["s"]
+        levels, strata = np.unique(combo.to_numpy().astype(str), return_inverse=True)
+        strata = strata.ravel()
+        dummies = np.eye(len(levels))[strata][:, 1:] if len(levels) > 1 else None
+        strata = strata if len(levels) > 1 else None
+    covariates = _independent_columns(np.hstack(numeric), dummies) if numeric else None
+    if strata is None and covariates is None:
+        return None
+    return Segments(strata, covariates, dummies)
 
 
-def _independent_columns(z: np.ndarray) -> np.ndarray | None:
-    """Drop columns that are linear combinations of earlier ones (and of the intercept)."""
-    kept = [np.ones(len(z))]
+def _independent_columns(z: np.ndarray, base: np.ndarray | None) -> np.ndarray | None:
+    """Columns of z that are not linear combinations of earlier ones, of `base` and of the intercept."""
+    kept = [np.ones(len(z))] + ([] if base is None else list(base.T))
+    start = len(kept)
     for col in z.T:
         trial = np.column_stack([*kept, col])
         if np.linalg.matrix_rank(trial) == trial.shape[1]:
             kept.append(col)
-    return np.column_stack(kept[1:]) if len(kept) > 1 else None
+    return np.column_stack(kept[start:]) if len(kept) > start else None
 
 
 def _fit_univariate(time: np.ndarray, event: np.ndarray, x: np.ndarray) -> tuple[stats.CoxFit, np.ndarray]:
@@ -113,7 +133,7 @@ def _fit_univariate(time: np.ndarray, event: np.ndarray, x: np.ndarray) -> tuple
     return stats.CoxFit(beta, var, fit.log_likelihood, fit.converged | bad, 0.0), bad
 
 
-def gather_evidence(outcome: OutcomeData, metrics: np.ndarray, covariates: np.ndarray | None, *,
+def gather_evidence(outcome: OutcomeData, metrics: np.ndarray, segments: Segments | None, *,
                     direction: float) -> Evidence:
     """`direction` = +1 when longer time is good (churn), -1 when shorter is good (expansion)."""
     m = metrics[outcome.rows]
@@ -126,11 +146,14 @@ def gather_evidence(outcome: OutcomeData, metrics: np.ndarray, covariates: np.nd
     fit, penalized = _fit_univariate(t, e, x)
     p = fit.p_value[:, 0]
     adjusted_beta = adjusted_p = r2 = None
-    if covariates is not None:
-        z = covariates[outcome.rows]
-        r2 = explained_share(x, z)
-        design = np.concatenate([x.T[:, :, None], np.broadcast_to(z, (k,) + z.shape)], axis=2)
-        adjusted = stats.cox_fit_chunked(t, e, design)
+    if segments is not None:
+        r2 = explained_share(x, segments.explained_design()[outcome.rows])
+        design = x.T[:, :, None]
+        if segments.covariates is not None:
+            z = segments.covariates[outcome.rows]
+            design = np.concatenate([design, np.broadcast_to(z, (k,) + z.shape)], axis=2)
+        strata = None if segments.strata is None else segments.strata[outcome.rows]
+        adjusted = stats.cox_fit_chunked(t, e, design, strata=strata)
         identifiable = (r2 < COLLINEAR_R2) & adjusted.converged
         adjusted_beta = np.where(identifiable, adjusted.beta[:, 0], np.nan)
         adjusted_p = np.where(identifiable, adjusted.p_value[:, 0], np.nan)

@@ -152,9 +152,9 @@ def _assess(inputs: Inputs, cohort: Cohort, cands: CandidateSet, churn: OutcomeD
             expansion: OutcomeData | None, settings: Settings) -> Report:
     names = [c.name for c in cands.candidates]
     matrix = cands.metrics.select(names).to_numpy().astype(float)
-    design = segment_design(cohort.frame, inputs.segments) if inputs.segments else None
-    ev_churn = gather_evidence(churn, matrix, design, direction=1.0)
-    ev_exp = gather_evidence(expansion, matrix, design, direction=-1.0) if expansion else None
+    segments = segment_design(cohort.frame, inputs.segments) if inputs.segments else None
+    ev_churn = gather_evidence(churn, matrix, segments, direction=1.0)
+    ev_exp = gather_evidence(expansion, matrix, segments, direction=-1.0) if expansion else None
     train = holdout_split(cohort.frame["account_id"].to_numpy(), settings.seed)
     ranked = stats.rank_columns(matrix)
     tenure = stats.spearman_with(ranked, cohort.frame["tenure_days"].to_numpy())

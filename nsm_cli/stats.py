@@ -42,74 +42,104 @@ class CoxFit:
 
 @dataclass(frozen=True, slots=True)
 class _RiskSets:
-    """Time structure shared by every Cox fit on the same (time, event)."""
+    """Time structure shared by every Cox fit on the same (time, event, strata)."""
 
-    order: np.ndarray  # accounts sorted by time
-    block_starts: np.ndarray  # sorted positions where a new distinct time begins
+    order: np.ndarray  # accounts sorted by (stratum, time)
+    block_starts: np.ndarray  # sorted positions where a new (stratum, time) block begins
+    block_next: np.ndarray  # per block: first block of the next stratum (n_blocks when none)
     event_pos: np.ndarray  # sorted positions of the events
-    event_block: np.ndarray  # per event: index of its time block
+    event_block: np.ndarray  # per event: index of its block
     group_starts: np.ndarray  # per tie group of events: index of its first event
     event_group: np.ndarray  # per event: index of its tie group
     efron_frac: np.ndarray  # per event: l / d within its tie group of d events
 
 
-def _risk_sets(time: np.ndarray, event: np.ndarray) -> _RiskSets:
-    order = np.argsort(time, kind="stable")
-    t_sorted = time[order]
-    block_starts = np.flatnonzero(np.r_[True, t_sorted[1:] != t_sorted[:-1]])
-    block_of = np.cumsum(np.r_[False, t_sorted[1:] != t_sorted[:-1]])
+def _risk_sets(time: np.ndarray, event: np.ndarray, strata: np.ndarray | None = None) -> _RiskSets:
+    stratum = np.zeros(len(time), np.int64) if strata is None else np.asarray(strata)
+    order = np.lexsort((time, stratum))
+    t_sorted, s_sorted = time[order], stratum[order]
+    new_block = np.r_[True, (t_sorted[1:] != t_sorted[:-1]) | (s_sorted[1:] != s_sorted[:-1])]
+    block_starts = np.flatnonzero(new_block)
+    block_of = np.cumsum(new_block) - 1
+    block_stratum = s_sorted[block_starts]
+    first_of_stratum = np.flatnonzero(np.r_[True, block_stratum[1:] != block_stratum[:-1]])
+    next_first = np.r_[first_of_stratum[1:], len(block_starts)]
+    block_next = next_first[np.searchsorted(first_of_stratum, np.arange(len(block_starts)), side="right") - 1]
     event_pos = np.flatnonzero(event[order])
-    t_events = t_sorted[event_pos]
-    group_starts = np.flatnonzero(np.r_[True, t_events[1:] != t_events[:-1]]) if len(t_events) else event_pos
-    event_group = np.cumsum(np.r_[False, t_events[1:] != t_events[:-1]]) if len(t_events) else event_pos
-    sizes = np.diff(np.r_[group_starts, len(t_events)])
-    frac = (np.arange(len(t_events)) - group_starts[event_group]) / sizes[event_group]
-    return _RiskSets(order, block_starts, event_pos, block_of[event_pos], group_starts, event_group, frac)
+    ev_block = block_of[event_pos]
+    new_group = np.r_[True, ev_block[1:] != ev_block[:-1]] if len(ev_block) else np.zeros(0, bool)
+    group_starts = np.flatnonzero(new_group)
+    event_group = np.cumsum(new_group) - 1
+    sizes = np.diff(np.r_[group_starts, len(ev_block)])
+    frac = (np.arange(len(ev_block)) - group_starts[event_group]) / sizes[event_group]
+    return _RiskSets(order, block_starts, block_next, event_pos, ev_block, group_starts, event_group, frac)
 
 
 def _revcumsum(a: np.ndarray, axis: int = 1) -> np.ndarray:
     return np.flip(np.cumsum(np.flip(a, axis=axis), axis=axis), axis=axis)
 
 
-def _efron_terms(rs: _RiskSets, X: np.ndarray, XX: np.ndarray, beta: np.ndarray):
-    """Log-likelihood (k,), gradient (k, p), Hessian (k, p, p) at beta for sorted X (k, n, p)."""
+def _features(X: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """[1, x_1..x_p, x_i x_j (i <= j)] per account: (k, n, 1 + p + p(p+1)/2), plus the triangle indices."""
+    p = X.shape[2]
+    iu, ju = np.triu_indices(p)
+    feats = np.concatenate([np.ones(X.shape[:2] + (1,)), X, X[..., iu] * X[..., ju]], axis=2)
+    return feats, iu, ju
+
+
+def _efron_terms(rs: _RiskSets, X: np.ndarray, feats: np.ndarray, tri: tuple[np.ndarray, np.ndarray],
+                 beta: np.ndarray):
+    """Log-likelihood (k,), gradient (k, p), Hessian (k, p, p) at beta for time-sorted X (k, n, p).
+
+    Risk-set sums of w, w x and w x x' come from one reduce over time blocks of w * features;
+    Efron's correction subtracts l/d of the tied deaths' sums for the l-th of d tied events.
+    """
+    p = X.shape[2]
+    iu, ju = tri
     eta = np.einsum("knp,kp->kn", X, beta)
     shift = eta.max(axis=1, keepdims=True)
-    w = np.exp(eta - shift)
+    weighted = np.exp(eta - shift)[..., None] * feats
     ev = rs.event_pos
-    parts = []
-    for a in (w, w[..., None] * X, w[..., None, None] * XX):
-        risk = _revcumsum(np.add.reduceat(a, rs.block_starts, axis=1))[:, rs.event_block]
-        deaths = np.add.reduceat(a[:, ev], rs.group_starts, axis=1)[:, rs.event_group]
-        frac = rs.efron_frac.reshape((1, -1) + (1,) * (a.ndim - 2))
-        parts.append(risk - frac * deaths)
-    phi0, phi1, phi2 = parts
+    cum = _revcumsum(np.add.reduceat(weighted, rs.block_starts, axis=1))
+    cum = np.concatenate([cum, np.zeros_like(cum[:, :1])], axis=1)  # block n_blocks: an empty stratum end
+    risk = (cum[:, rs.event_block] - cum[:, rs.block_next[rs.event_block]])
+    deaths = np.add.reduceat(weighted[:, ev], rs.group_starts, axis=1)[:, rs.event_group]
+    phi = risk - rs.efron_frac[None, :, None] * deaths
+    phi0 = phi[..., 0]
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        ratio1 = phi1 / phi0[..., None]
+        ratio1 = phi[..., 1 : 1 + p] / phi0[..., None]
+        ratio2 = phi[..., 1 + p :] / phi0[..., None]
         ll = eta[:, ev].sum(axis=1) - (np.log(phi0) + shift).sum(axis=1)
         grad = X[:, ev].sum(axis=1) - ratio1.sum(axis=1)
-        hess = -(phi2 / phi0[..., None, None] - ratio1[..., :, None] * ratio1[..., None, :]).sum(axis=1)
+        hess_tri = -(ratio2 - ratio1[..., iu] * ratio1[..., ju]).sum(axis=1)
+    hess = np.empty((X.shape[0], p, p))
+    hess[:, iu, ju] = hess_tri
+    hess[:, ju, iu] = hess_tri
     return ll, grad, hess
 
 
 def cox_fit(time: np.ndarray, event: np.ndarray, X: np.ndarray, *, penalizer: float = 0.0,
-            max_iter: int = 50, tol: float = 1e-9, diverge_at: float = 25.0) -> CoxFit:
+            strata: np.ndarray | None = None, max_iter: int = 50, tol: float = 1e-9,
+            diverge_at: float = 25.0) -> CoxFit:
     """Fit k Cox models at once by Newton-Raphson with step halving (Efron ties).
 
-    X has shape (k, n, p): k models of p covariates over the same n accounts. The penalty is
-    lifelines' ridge term `n * penalizer * beta**2 / 2` (on the covariates as given). Models
-    whose coefficients run past `diverge_at` (complete separation) stop early, unconverged.
+    X has shape (k, n, p): k models of p covariates over the same n accounts. `strata` (n,) gives
+    each account's stratum: risk sets are formed within strata (a stratified Cox model, like
+    lifelines' `strata=`). The penalty is lifelines' ridge term `n * penalizer * beta**2 / 2`
+    (on the covariates as given). Models whose coefficients run past `diverge_at` (complete
+    separation) stop early, unconverged.
     """
     X = np.asarray(X, dtype=float)
     k, n, p = X.shape
-    rs = _risk_sets(np.asarray(time, float), np.asarray(event, bool))
+    rs = _risk_sets(np.asarray(time, float), np.asarray(event, bool), strata)
     Xs = X[:, rs.order]
-    XX = Xs[..., :, None] * Xs[..., None, :]
+    feats, iu, ju = _features(Xs)
     pen = penalizer * n
     eye = np.eye(p)
 
     def terms(idx: np.ndarray, b: np.ndarray):
-        ll, g, h = _efron_terms(rs, Xs[idx], XX[idx], b)
+        every = len(idx) == k
+        ll, g, h = _efron_terms(rs, Xs if every else Xs[idx], feats if every else feats[idx], (iu, ju), b)
         return ll - 0.5 * pen * (b**2).sum(1), g - pen * b, h - pen * eye
 
     beta = np.zeros((k, p))
@@ -148,11 +178,11 @@ def _solve(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def cox_fit_chunked(time: np.ndarray, event: np.ndarray, X: np.ndarray, *, penalizer: float = 0.0,
-                    max_cells: int = 6_000_000) -> CoxFit:
-    """`cox_fit` over chunks of models so that k*n*p*p stays under `max_cells` floats."""
+                    strata: np.ndarray | None = None, max_cells: int = 6_000_000) -> CoxFit:
+    """`cox_fit` over chunks of models so that each chunk's feature array stays under `max_cells` floats."""
     k, n, p = X.shape
-    size = max(1, max_cells // max(1, n * p * p))
-    fits = [cox_fit(time, event, X[i : i + size], penalizer=penalizer) for i in range(0, k, size)]
+    size = max(1, max_cells // max(1, n * (1 + p + p * (p + 1) // 2)))
+    fits = [cox_fit(time, event, X[i : i + size], penalizer=penalizer, strata=strata) for i in range(0, k, size)]
     return CoxFit(
         np.concatenate([f.beta for f in fits]), np.concatenate([f.variance for f in fits]),
         np.concatenate([f.log_likelihood for f in fits]), np.concatenate([f.converged for f in fits]),

@@ -153,3 +153,16 @@ def test_retained_at_by_hand():
     got = stats.retained_at(t, e, 2.5)
     # account 0 censored at 1 (S=1): P(stay to 2.5) = S(2.5)/S(1) = 2/3
     np.testing.assert_allclose(got, [2 / 3, 0.0, 1.0, 1.0], atol=1e-12)
+
+
+def test_stratified_cox_matches_lifelines():
+    t, e, x = _data(8, n=400)
+    rng = np.random.default_rng(2)
+    plan = rng.integers(0, 3, len(t))
+    seats = rng.normal(size=len(t))
+    X = np.stack([x, seats], axis=1)
+    fit = stats.cox_fit(t, e, X[None], strata=plan)
+    df = pd.DataFrame({"x": x, "seats": seats, "plan": plan, "T": t, "E": e})
+    ref = CoxPHFitter(strata=["plan"]).fit(df, "T", "E", fit_options={"precision": 1e-12, "r_precision": 1e-15})
+    np.testing.assert_allclose(fit.beta[0], ref.params_[["x", "seats"]].values, atol=TOL)
+    np.testing.assert_allclose(fit.se[0], ref.standard_errors_[["x", "seats"]].values, atol=TOL)
