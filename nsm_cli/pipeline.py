@@ -17,7 +17,7 @@ from nsm_cli.errors import DataWarning, InputError, InsufficientDataError
 from nsm_cli.evidence import OutcomeData, gather_evidence, segment_design
 from nsm_cli.load import read_table
 from nsm_cli.outcomes import Cohort, build_cohort
-from nsm_cli.ranking import CandidateFacts, find_threshold, holdout_split, outcome_stats, rank_candidates
+from nsm_cli.ranking import CandidateFacts, Split, find_threshold, holdout_split, outcome_stats, rank_candidates
 from nsm_cli.results import DataSummary, Report
 from nsm_cli.validate import Problems, Usage, clean_accounts, clean_mrr, clean_usage, latest_date, restrict_usage
 
@@ -161,15 +161,16 @@ def _assess(inputs: Inputs, cohort: Cohort, cands: CandidateSet, churn: OutcomeD
     signup_days = cohort.frame.select(pl.col("signup").dt.epoch("s")).to_series().to_numpy()
     trend = stats.spearman_with(ranked, signup_days)
     cover = coverage(cands.metrics, cands.candidates, settings.window_days)
+    churn_split = Split.of(churn, train)
+    exp_split = Split.of(expansion, train[expansion.rows]) if expansion else None
     facts, churn_stats, exp_stats = [], [], []
     for j, c in enumerate(cands.candidates):
         facts.append(CandidateFacts(c.name, c.source, c.aggregation, c.origin, cover[c.name],
                                     float(np.nan_to_num(tenure[j])), float(np.nan_to_num(trend[j]))))
-        thr = find_threshold(matrix[:, j], churn, train, settings.horizon_days)
+        thr = find_threshold(matrix[:, j], churn_split, settings.horizon_days)
         churn_stats.append(outcome_stats(ev_churn, j, churn.spearman_target_name, thr))
-        if expansion and ev_exp is not None:
-            rows = expansion.rows
-            thr_e = find_threshold(matrix[rows, j], expansion, train[rows], settings.horizon_days)
+        if expansion and ev_exp is not None and exp_split is not None:
+            thr_e = find_threshold(matrix[expansion.rows, j], exp_split, settings.horizon_days)
             exp_stats.append(outcome_stats(ev_exp, j, expansion.spearman_target_name, thr_e))
         else:
             exp_stats.append(None)

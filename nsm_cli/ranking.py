@@ -56,9 +56,26 @@ def holdout_split(ids: np.ndarray, seed: int) -> np.ndarray:
     return (h & np.uint64(1)) == 0
 
 
-def find_threshold(values: np.ndarray, outcome: OutcomeData, train: np.ndarray, horizon: float) -> Threshold | None:
+@dataclass(frozen=True, slots=True)
+class Split:
+    """One outcome's accounts split into training and holdout halves, with time indexes built once."""
+
+    outcome: OutcomeData
+    train: np.ndarray  # boolean over the outcome's accounts
+    full: stats.TimeIndex
+    train_index: stats.TimeIndex
+    holdout_index: stats.TimeIndex
+
+    @classmethod
+    def of(cls, outcome: OutcomeData, train: np.ndarray) -> Split:
+        t, e = outcome.time, outcome.event
+        return cls(outcome, train, stats.TimeIndex.of(t, e), stats.TimeIndex.of(t[train], e[train]),
+                   stats.TimeIndex.of(t[~train], e[~train]))
+
+
+def find_threshold(values: np.ndarray, split: Split, horizon: float) -> Threshold | None:
     """Best 'metric >= t' split of outcome-free survival at `horizon`, confirmed on the holdout."""
-    t, e = outcome.time, outcome.event
+    train = split.train
     tv = values[train]
     if len(tv) < 20 or (~train).sum() < 20:
         return None
@@ -68,22 +85,22 @@ def find_threshold(values: np.ndarray, outcome: OutcomeData, train: np.ndarray, 
     if len(grid) == 0:
         return None
     above = tv[:, None] >= grid[None, :]
-    surv = stats.km_at_masks(t[train], e[train], np.hstack([above, ~above]), horizon)
+    surv = stats.km_at_masks(None, None, np.hstack([above, ~above]), horizon, index=split.train_index)
     diff = surv[: len(grid)] - surv[len(grid):]
     best = int(np.argmax(np.abs(diff)))
     cut = float(grid[best])
-    hold = ~train
-    hold_above = values[hold] >= cut
-    hold_surv = stats.km_at_masks(t[hold], e[hold], np.stack([hold_above, ~hold_above], axis=1), horizon)
-    hold_p = stats.logrank(t[hold], e[hold], hold_above).p_value if 0 < hold_above.sum() < hold.sum() else 1.0
+    hold_above = values[~train] >= cut
+    hold_surv = stats.km_at_masks(None, None, np.stack([hold_above, ~hold_above], axis=1), horizon,
+                                  index=split.holdout_index)
+    hold_p = stats.logrank(None, None, hold_above, index=split.holdout_index).p_value
     all_above = values >= cut
-    full = stats.km_at_masks(t, e, np.stack([all_above, ~all_above], axis=1), horizon)
+    full = stats.km_at_masks(None, None, np.stack([all_above, ~all_above], axis=1), horizon, index=split.full)
     confirmed = bool(np.sign(hold_surv[0] - hold_surv[1]) == np.sign(diff[best]) and hold_p < ALPHA)
     return Threshold(
         value=cut, share_above=float(all_above.mean()), retention_above=float(full[0]),
         retention_below=float(full[1]), holdout_retention_above=float(hold_surv[0]),
         holdout_retention_below=float(hold_surv[1]), holdout_p_value=float(hold_p), holdout_confirmed=confirmed,
-        logrank_p_value=stats.logrank(t, e, all_above).p_value,
+        logrank_p_value=stats.logrank(None, None, all_above, index=split.full).p_value,
     )
 
 

@@ -190,38 +190,64 @@ def cox_fit_chunked(time: np.ndarray, event: np.ndarray, X: np.ndarray, *, penal
     )
 
 
+HISTOGRAM_CELLS = 4_000_000  # distinct (time order x score) cells up to which C uses a 2-D histogram
+
+
 def concordance(time: np.ndarray, event: np.ndarray, scores: np.ndarray) -> np.ndarray:
     """Harrell's C of each row of `scores` (k, n) with (time, event), lifelines' convention.
 
     Comparable pairs: (i, j) with i an event and T_j > T_i, or T_j == T_i with j censored.
     A pair is concordant when score_j > score_i, and counts 1/2 when the scores tie.
-    O(n log n log R) per row, vectorised. NaN when no pair is comparable.
+    Vectorised: a 2-D histogram over (time order, score rank) when that is small (scores with
+    few distinct values, such as counts), else O(n log n log R) prefix counting. NaN when no
+    pair is comparable.
     """
     time = np.asarray(time, float)
     event = np.asarray(event, bool)
-    n = len(time)
     t_rank = np.unique(time, return_inverse=True)[1].ravel()
-    kappa = 2 * t_rank + (~event)
-    order = np.argsort(-kappa, kind="stable")  # positions: comparable partners come first
-    kappa_sorted = -kappa[order]
-    ev = np.flatnonzero(event[order])
-    before = np.searchsorted(kappa_sorted, kappa_sorted[ev], side="left")
-    pairs = before.sum()
+    kappa = np.unique(2 * t_rank + (~event), return_inverse=True)[1].ravel()  # comparable partners: higher kappa
+    n_kappa = int(kappa.max()) + 1 if len(kappa) else 0
     scores = np.atleast_2d(np.asarray(scores, float))
     out = np.full(scores.shape[0], np.nan)
+    above = len(time) - np.cumsum(np.bincount(kappa, minlength=n_kappa))  # accounts with a higher kappa
+    pairs = int(above[kappa[event]].sum())
     if pairs == 0:
         return out
-    pos = np.arange(n, dtype=np.int64)
     for row, s in enumerate(scores):
-        r = np.unique(s[order], return_inverse=True)[1].ravel().astype(np.int64)
-        ties = _count_prefix_equal(r, pos, r[ev], before, n)
-        greater = np.zeros(len(ev), dtype=np.int64)
-        for b in range(int(r.max()).bit_length()):
-            want = ((r[ev] >> b) & 1) == 0
-            target = (r[ev][want] >> b) + 1
-            greater[want] += _count_prefix_equal(r >> b, pos, target, before[want], n)
-        out[row] = (greater.sum() + 0.5 * ties.sum()) / pairs
+        r = np.unique(s, return_inverse=True)[1].ravel().astype(np.int64)
+        n_r = int(r.max()) + 1
+        if n_kappa * n_r <= HISTOGRAM_CELLS:
+            greater, ties = _concordant_by_histogram(kappa, r, event, n_kappa, n_r)
+        else:
+            greater, ties = _concordant_by_prefix(kappa, r, event)
+        out[row] = (greater + 0.5 * ties) / pairs
     return out
+
+
+def _concordant_by_histogram(kappa: np.ndarray, r: np.ndarray, event: np.ndarray, n_kappa: int,
+                             n_r: int) -> tuple[float, float]:
+    cells = np.bincount(kappa * n_r + r, minlength=n_kappa * n_r).reshape(n_kappa, n_r)
+    later = np.vstack([_revcumsum(cells, axis=0)[1:], np.zeros((1, n_r), np.int64)])  # kappa strictly higher
+    higher = np.hstack([_revcumsum(later, axis=1)[:, 1:], np.zeros((n_kappa, 1), np.int64)])  # score higher
+    events = np.bincount(kappa[event] * n_r + r[event], minlength=n_kappa * n_r).reshape(n_kappa, n_r)
+    return float((events * higher).sum()), float((events * later).sum())
+
+
+def _concordant_by_prefix(kappa: np.ndarray, r: np.ndarray, event: np.ndarray) -> tuple[float, float]:
+    n = len(kappa)
+    order = np.argsort(-kappa, kind="stable")  # positions: comparable partners come first
+    kappa_sorted = -kappa[order]
+    r = r[order]
+    ev = np.flatnonzero(event[order])
+    before = np.searchsorted(kappa_sorted, kappa_sorted[ev], side="left")
+    pos = np.arange(n, dtype=np.int64)
+    ties = _count_prefix_equal(r, pos, r[ev], before, n)
+    greater = np.zeros(len(ev), dtype=np.int64)
+    for b in range(int(r.max()).bit_length()):
+        want = ((r[ev] >> b) & 1) == 0
+        target = (r[ev][want] >> b) + 1
+        greater[want] += _count_prefix_equal(r >> b, pos, target, before[want], n)
+    return float(greater.sum()), float(ties.sum())
 
 
 def _count_prefix_equal(keys: np.ndarray, pos: np.ndarray, target: np.ndarray, limit: np.ndarray,
@@ -272,25 +298,48 @@ def kaplan_meier(time: np.ndarray, event: np.ndarray) -> KaplanMeier:
     return KaplanMeier(times, np.cumprod(factor), at_risk, deaths, np.cumsum(green))
 
 
-def km_at_masks(time: np.ndarray, event: np.ndarray, masks: np.ndarray, horizon: float) -> np.ndarray:
+@dataclass(frozen=True, slots=True)
+class TimeIndex:
+    """Distinct times of a (time, event) sample, computed once and reused by KM and log-rank."""
+
+    time: np.ndarray
+    event: np.ndarray
+    times: np.ndarray  # distinct times, ascending
+    inverse: np.ndarray  # per account: index into `times`
+    order: np.ndarray  # accounts sorted by time
+    starts: np.ndarray  # per distinct time: its first position in `order`
+
+    @classmethod
+    def of(cls, time: np.ndarray, event: np.ndarray) -> TimeIndex:
+        time = np.asarray(time, float)
+        times, inverse = np.unique(time, return_inverse=True)
+        inverse = inverse.ravel()
+        order = np.argsort(inverse, kind="stable")
+        return cls(time, np.asarray(event, bool), times, inverse, order,
+                   np.searchsorted(inverse[order], np.arange(len(times))))
+
+    def counts(self, groups: np.ndarray, n_groups: int) -> tuple[np.ndarray, np.ndarray]:
+        """(accounts leaving, events) per distinct time and group code: two (T, n_groups) arrays."""
+        cell = self.inverse * n_groups + groups
+        size = len(self.times) * n_groups
+        removed = np.bincount(cell, minlength=size).reshape(-1, n_groups)
+        deaths = np.bincount(cell, weights=self.event, minlength=size).reshape(-1, n_groups)
+        return removed, deaths
+
+
+def km_at_masks(time: np.ndarray, event: np.ndarray, masks: np.ndarray, horizon: float, *,
+                index: TimeIndex | None = None) -> np.ndarray:
     """KM survival at `horizon` within each subgroup column of the boolean `masks` (n, Q)."""
-    time = np.asarray(time, float)
-    keep = np.asarray(event, bool) & (time <= horizon)
-    order = np.argsort(time, kind="stable")
-    t_sorted = time[order]
-    m_sorted = masks[order].astype(np.int32)
-    at_risk_all = _revcumsum(m_sorted, axis=0)
-    ev_times = np.unique(time[keep])
-    if len(ev_times) == 0:
+    idx = index or TimeIndex.of(time, event)
+    n_t = int(np.searchsorted(idx.times, horizon, side="right"))  # distinct times <= horizon
+    if n_t == 0:
         return np.ones(masks.shape[1])
-    starts = np.searchsorted(t_sorted, ev_times, side="left")
-    ends = np.searchsorted(t_sorted, ev_times, side="right")
-    ev_sorted = (np.asarray(event, bool)[order])[:, None] * m_sorted
-    cum = np.vstack([np.zeros((1, masks.shape[1]), np.int64), np.cumsum(ev_sorted, axis=0)])
-    deaths = cum[ends] - cum[starts]
-    at_risk = at_risk_all[starts]
+    m = masks[idx.order].astype(np.float64)
+    leaving = np.add.reduceat(m, idx.starts, axis=0)
+    dying = np.add.reduceat(m * idx.event[idx.order, None], idx.starts, axis=0)
+    at_risk = _revcumsum(leaving, axis=0)[:n_t]
     with np.errstate(divide="ignore", invalid="ignore"):
-        factor = np.where(at_risk > 0, 1 - deaths / np.maximum(at_risk, 1), 1.0)
+        factor = np.where(at_risk > 0, 1 - dying[:n_t] / np.maximum(at_risk, 1), 1.0)
     return np.prod(factor, axis=0)
 
 
@@ -301,20 +350,14 @@ class LogRank:
     degrees_of_freedom: int
 
 
-def logrank(time: np.ndarray, event: np.ndarray, group: np.ndarray) -> LogRank:
+def logrank(time: np.ndarray, event: np.ndarray, group: np.ndarray, *, index: TimeIndex | None = None) -> LogRank:
     """Log-rank test across the groups in `group` (k >= 2 levels), chi-square with k-1 df."""
-    time = np.asarray(time, float)
-    event = np.asarray(event, bool)
+    idx = index or TimeIndex.of(time, event)
     levels, g = np.unique(np.asarray(group), return_inverse=True)
     k = len(levels)
     if k < 2:
         return LogRank(0.0, 1.0, 0)
-    times, t_idx = np.unique(time, return_inverse=True)
-    T = len(times)
-    removed = np.zeros((T, k))
-    deaths = np.zeros((T, k))
-    np.add.at(removed, (t_idx, g), 1)
-    np.add.at(deaths, (t_idx, g), event)
+    removed, deaths = idx.counts(g.ravel(), k)
     at_risk = removed.sum(0) - np.vstack([np.zeros((1, k)), np.cumsum(removed, 0)[:-1]])
     n_tot = at_risk.sum(1)
     d_tot = deaths.sum(1)
@@ -324,9 +367,8 @@ def logrank(time: np.ndarray, event: np.ndarray, group: np.ndarray) -> LogRank:
     diff = (deaths - expected).sum(0)
     with np.errstate(divide="ignore", invalid="ignore"):
         scale = np.where(n_tot > 1, d_tot * (n_tot - d_tot) / (n_tot**2 * (n_tot - 1)), 0.0)
-    share = at_risk  # covariance: scale * (n_tot * diag(n_j) - n_j n_l)
-    cov = np.einsum("t,tj,tl->jl", scale, share, share) * -1
-    cov[np.diag_indices(k)] += np.einsum("t,t,tj->j", scale, n_tot, share)
+    cov = -np.einsum("t,tj,tl->jl", scale, at_risk, at_risk)  # scale * (n_tot diag(n_j) - n_j n_l)
+    cov[np.diag_indices(k)] += np.einsum("t,t,tj->j", scale, n_tot, at_risk)
     u, v = diff[:-1], cov[:-1, :-1]
     stat = float(u @ np.linalg.pinv(v) @ u)
     return LogRank(stat, float(sps.chi2.sf(stat, k - 1)), k - 1)

@@ -9,6 +9,7 @@ from nsm_cli.config import Weights
 from nsm_cli.evidence import OutcomeData, gather_evidence
 from nsm_cli.ranking import (
     CandidateFacts,
+    Split,
     candidate_flags,
     find_threshold,
     holdout_split,
@@ -94,10 +95,10 @@ def test_threshold_found_on_train_and_confirmed_on_holdout():
     e = t < 365
     out = OutcomeData("churn", np.arange(n), t, e, np.zeros(n), "x")
     train = holdout_split(np.array([f"a{i}" for i in range(n)]), 0)
-    thr = find_threshold(x, out, train, 90)
+    thr = find_threshold(x, Split.of(out, train), 90)
     assert thr.value == 3 and thr.holdout_confirmed
     assert thr.retention_above > thr.retention_below
-    noise = find_threshold(rng.poisson(2.0, n).astype(float), out, train, 90)
+    noise = find_threshold(rng.poisson(2.0, n).astype(float), Split.of(out, train), 90)
     assert not noise.holdout_confirmed
 
 

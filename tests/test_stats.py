@@ -72,7 +72,9 @@ def test_penalized_cox_matches_lifelines_on_separated_data():
     assert fit.se[0, 0] == pytest.approx(ref.standard_errors_.iloc[0], abs=TOL)
 
 
-def test_concordance_matches_lifelines_with_ties_and_censoring():
+@pytest.mark.parametrize("cells", [stats.HISTOGRAM_CELLS, 0])  # histogram path, prefix-count path
+def test_concordance_matches_lifelines_with_ties_and_censoring(monkeypatch, cells):
+    monkeypatch.setattr(stats, "HISTOGRAM_CELLS", cells)
     t, e, x = _data(11, n=500)
     scores = np.stack([x, np.round(x), -x, np.zeros_like(x)])
     got = stats.concordance(t, e, scores)
@@ -81,8 +83,17 @@ def test_concordance_matches_lifelines_with_ties_and_censoring():
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.tuples(st.integers(0, 6), st.booleans(), st.integers(-3, 3)), min_size=2, max_size=40))
-def test_concordance_property_equals_lifelines(rows):
+@given(st.lists(st.tuples(st.integers(0, 6), st.booleans(), st.integers(-3, 3)), min_size=2, max_size=40),
+       st.sampled_from([4_000_000, 0]))
+def test_concordance_property_equals_lifelines(rows, cells):
+    stats.HISTOGRAM_CELLS, saved = cells, stats.HISTOGRAM_CELLS
+    try:
+        _check_concordance(rows)
+    finally:
+        stats.HISTOGRAM_CELLS = saved
+
+
+def _check_concordance(rows):
     t = np.array([r[0] for r in rows], float)
     e = np.array([r[1] for r in rows])
     s = np.array([r[2] for r in rows], float)
