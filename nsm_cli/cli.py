@@ -120,10 +120,24 @@ def _run(err: Console, debug: bool, body) -> None:
     raise typer.Exit(code)
 
 
-def _progress(err: Console, quiet: bool):
-    if quiet or not err.is_terminal:
-        return None
-    return lambda msg: err.print(f"[dim]nsm: {msg}…[/dim]")
+class _Progress:
+    """A spinner on stderr naming the current stage; silent when stderr is not a terminal or --quiet."""
+
+    def __init__(self, err: Console, quiet: bool) -> None:
+        self._status = None if quiet or not err.is_terminal else err.status("nsm: starting…")
+
+    def __enter__(self) -> _Progress:
+        if self._status:
+            self._status.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._status:
+            self._status.__exit__(*exc)
+
+    def __call__(self, stage: str) -> None:
+        if self._status:
+            self._status.update(f"nsm: {stage}…")
 
 
 @app.command()
@@ -146,7 +160,8 @@ def rank(
         settings = _settings(config, column, accounts=accounts, usage=usage, mrr=mrr, window_days=window,
                              horizon_days=horizon, as_of=as_of, landmark=landmark, expansion_min=expansion_min,
                              segments=segments, weights=weights, seed=seed, max_events=max_events)
-        report = analyze(settings, progress=_progress(err, quiet))
+        with _Progress(err, quiet) as progress:
+            report = analyze(settings, progress=progress)
         if not quiet:
             for w in report.data.warnings:
                 err.print(f"nsm: warning: {w['message']}", markup=False, highlight=False, soft_wrap=True)

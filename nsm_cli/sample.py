@@ -58,14 +58,15 @@ class GroundTruth:
     tenure_leak_column: str = "lifetime_sessions"
 
 
-def generate(n_accounts: int, *, seed: int = 0, mean_events: float = 100.0) -> dict[str, pl.DataFrame]:
+def generate(n_accounts: int, *, seed: int = 0, mean_events: float = 100.0,
+             first_id: int = 0) -> dict[str, pl.DataFrame]:
     """accounts, events, mrr and a per-account snapshot, all deterministic in `seed`."""
     rng = np.random.default_rng(seed)
     n = n_accounts
     signup_day = -rng.uniform(10, 720, n)  # days relative to AS_OF
     plan = rng.choice(3, size=n, p=PLAN_SHARE)
     seats = np.ceil(np.exp(rng.normal(np.array([1.0, 2.3, 4.0])[plan], 0.6))).astype(int)
-    scale = mean_events / 100.0
+    scale = mean_events / 150.0  # calibrated: about `mean_events` rows per account over its life
     window_rates = {
         "report_shared": rng.gamma(0.8, 3.0, n),
         "integration_connected": rng.gamma(1.0, 0.6, n),
@@ -84,7 +85,8 @@ def generate(n_accounts: int, *, seed: int = 0, mean_events: float = 100.0) -> d
     end_day = np.minimum(signup_day + churn_after, 0.0)  # last day of activity (AS_OF = 0)
     churned = signup_day + churn_after <= 0
     expanded = (expand_after < churn_after) & (signup_day + expand_after <= 0)
-    ids = np.array([f"acct_{i:06d}" for i in range(n)])
+    ids = pl.select(pl.format("acct_{}", pl.int_range(first_id, first_id + n).cast(pl.String).str.zfill(6))
+                    ).to_series().to_numpy()
     events = _events(rng, ids, seats, signup_day, end_day, window_counts, window_rates, churned)
     accounts = pl.DataFrame({
         "account_id": ids,
@@ -160,13 +162,32 @@ def _mrr(rng, ids, plan, seats, signup_day, end_day, churned, expansion_day) -> 
     return frame.unique(["account_id", "date"], keep="last", maintain_order=True).sort("account_id", "date")
 
 
+CHUNK = 100_000  # accounts generated at a time, so a million-account sample fits in memory
+
+
 def write_sample(out_dir: Path, n_accounts: int, *, seed: int = 0, mean_events: float = 100.0,
                  parquet: bool = False) -> GroundTruth:
-    """Write accounts.csv, events.csv (or .parquet), mrr.csv, account_snapshot.csv, ground_truth.json."""
+    """Write accounts.csv, events.csv (or .parquet), mrr.csv, account_snapshot.csv, ground_truth.json.
+
+    Up to CHUNK accounts are generated in one go (seed `seed`); larger samples are written in
+    chunks of CHUNK accounts with seeds derived from `seed`, appended file by file.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
-    frames = generate(n_accounts, seed=seed, mean_events=mean_events)
-    for name, frame in frames.items():
-        if parquet and name == "events":
+    starts = range(0, n_accounts, CHUNK)
+    parts: dict[str, list[pl.DataFrame]] = {}
+    for i, start in enumerate(starts):
+        size = min(CHUNK, n_accounts - start)
+        chunk_seed = seed if len(starts) == 1 else seed * 100_003 + i
+        frames = generate(size, seed=chunk_seed, mean_events=mean_events, first_id=start)
+        for name, frame in frames.items():
+            if name == "events" and not parquet:
+                with open(out_dir / "events.csv", "wb" if i == 0 else "ab") as handle:
+                    frame.write_csv(handle, include_header=i == 0)
+            else:
+                parts.setdefault(name, []).append(frame)
+    for name, frames_of in parts.items():
+        frame = pl.concat(frames_of)
+        if name == "events":
             frame.write_parquet(out_dir / "events.parquet")
         else:
             frame.write_csv(out_dir / f"{name}.csv")
