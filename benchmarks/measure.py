@@ -7,7 +7,7 @@ import sys
 import time
 
 start = time.perf_counter()
-proc = subprocess.run(sys.argv[1:], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, check=False)
+proc = subprocess.run(sys.argv[1:], capture_output=True, text=True, check=False)
 wall = time.perf_counter() - start
 if proc.returncode != 0:
     sys.stderr.write(proc.stderr[-3000:])

@@ -10,5 +10,5 @@ marks: list[tuple[str, float]] = [("start", time.perf_counter())]
 analyze(Settings(accounts=args["--accounts"], usage=args["--usage"], mrr=args.get("--mrr")),
         progress=lambda stage: marks.append((stage, time.perf_counter())))
 names = {"loading inputs": "load+validate", "building outcomes": "outcomes", "building candidates": "candidates"}
-parts = [f"{names.get(a, 'statistics+ranking')} {t2 - t1:.1f}s" for (a, t1), (_b, t2) in zip(marks[1:], marks[2:])]
+parts = [f"{names.get(a, 'statistics+ranking')} {t2 - t1:.1f}s" for (a, t1), (_b, t2) in zip(marks[1:], marks[2:], strict=False)]
 print(", ".join(parts))
