@@ -125,11 +125,24 @@ def build_candidates(inputs: Inputs, cohort: Cohort, settings: Settings) -> Cand
     return build_periodic_candidates(inputs.usage, cohort.frame, settings)
 
 
-def analyze(settings: Settings, *, progress: Progress | None = None) -> Report:
-    """Rank every candidate metric. Raises InputError subclasses for unusable data."""
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """Everything the statistics need for one window: cohort, outcomes and candidate metrics."""
+
+    inputs: Inputs
+    settings: Settings
+    cohort: Cohort
+    churn: OutcomeData
+    expansion: OutcomeData | None
+    candidates: CandidateSet
+
+    def metric(self, name: str) -> np.ndarray:
+        return self.candidates.metrics[name].to_numpy().astype(float)
+
+
+def prepare(inputs: Inputs, settings: Settings, *, progress: Progress | None = None) -> Prepared:
+    """Cohort, outcomes and candidates for `settings` (its window and landmark) over loaded inputs."""
     say = progress or (lambda _msg: None)
-    say("loading inputs")
-    inputs = load_inputs(settings)
     say("building outcomes")
     cohort = build_cohort(inputs.accounts, inputs.mrr, settings, inputs.as_of,
                           has_churn_column=inputs.has_churn_column, has_expansion_column=inputs.has_expansion_column)
@@ -142,10 +155,23 @@ def analyze(settings: Settings, *, progress: Progress | None = None) -> Report:
     if not cands.candidates:
         raise InsufficientDataError("no usable candidate metric: every candidate is constant or nearly empty "
                                     f"({len(cands.skipped)} skipped)")
-    say(f"fitting {len(cands.candidates)} candidates")
-    report = _assess(inputs, cohort, cands, churn, expansion, settings)
+    return Prepared(inputs, settings, cohort, churn, expansion, cands)
+
+
+def analyze(settings: Settings, *, progress: Progress | None = None) -> Report:
+    """Rank every candidate metric. Raises InputError subclasses for unusable data."""
+    say = progress or (lambda _msg: None)
+    say("loading inputs")
+    prepared = prepare(load_inputs(settings), settings, progress=say)
+    say(f"fitting {len(prepared.candidates.candidates)} candidates")
+    report = rank_prepared(prepared)
     say("done")
     return report
+
+
+def rank_prepared(prepared: Prepared) -> Report:
+    return _assess(prepared.inputs, prepared.cohort, prepared.candidates, prepared.churn, prepared.expansion,
+                   prepared.settings)
 
 
 def _assess(inputs: Inputs, cohort: Cohort, cands: CandidateSet, churn: OutcomeData,

@@ -284,6 +284,13 @@ class KaplanMeier:
         return (float(s ** np.exp(-half)), float(s ** np.exp(half)))
 
 
+    def rmst(self, horizon: float) -> float:
+        """Restricted mean survival time: the area under S(t) from 0 to `horizon` (days)."""
+        edges = np.concatenate([[0.0], self.times[self.times < horizon], [horizon]])
+        levels = np.concatenate([[1.0], self.survival[self.times < horizon]])
+        return float((np.diff(edges) * levels).sum())
+
+
 def kaplan_meier(time: np.ndarray, event: np.ndarray) -> KaplanMeier:
     """KM estimate at every distinct time (events and censorings)."""
     time = np.asarray(time, float)
@@ -372,6 +379,47 @@ def logrank(time: np.ndarray, event: np.ndarray, group: np.ndarray, *, index: Ti
     u, v = diff[:-1], cov[:-1, :-1]
     stat = float(u @ np.linalg.pinv(v) @ u)
     return LogRank(stat, float(sps.chi2.sf(stat, k - 1)), k - 1)
+
+
+@dataclass(frozen=True, slots=True)
+class PHTest:
+    """Grambsch-Therneau test of proportional hazards for a univariate Cox fit (rank time transform)."""
+
+    statistic: float
+    p_value: float
+    n_accounts: int
+    n_events: int
+
+
+def schoenfeld_test(time: np.ndarray, event: np.ndarray, x: np.ndarray) -> PHTest:
+    """Fit a univariate Cox model of x and test whether its effect changes with (ranked) time.
+
+    Scaled Schoenfeld residuals r*_i = D * var(beta) * (x_i - weighted mean of x in the risk set,
+    Efron-averaged over tied deaths) are correlated with the rank of the event times, as in
+    lifelines' `proportional_hazard_test(..., time_transform="rank")`. Chi-square with 1 df.
+    """
+    time, event, x = np.asarray(time, float), np.asarray(event, bool), np.asarray(x, float)
+    fit = cox_fit(time, event, x[None, :, None])
+    beta, var = float(fit.beta[0, 0]), float(fit.variance[0, 0, 0])
+    rs = _risk_sets(time, event)
+    xs = x[rs.order]
+    w = np.exp(beta * xs - (beta * xs).max())
+    parts = []
+    for a in (w, w * xs):
+        cum = np.r_[_revcumsum(np.add.reduceat(a, rs.block_starts)[None])[0], 0.0]
+        risk = cum[rs.event_block] - cum[rs.block_next[rs.event_block]]
+        deaths = np.add.reduceat(a[rs.event_pos], rs.group_starts)[rs.event_group]
+        parts.append(risk - rs.efron_frac * deaths)
+    ratio = parts[1] / parts[0]
+    sizes = np.bincount(rs.event_group)
+    group_mean = np.bincount(rs.event_group, weights=ratio) / sizes
+    resid = xs[rs.event_pos] - group_mean[rs.event_group]
+    n_events = len(resid)
+    scaled = n_events * var * resid
+    ranks = np.arange(1, n_events + 1, dtype=float)
+    g = ranks - ranks.mean()
+    stat = float((g * scaled).sum() ** 2 / (n_events * var * (g**2).sum()))
+    return PHTest(stat, float(sps.chi2.sf(stat, 1)), len(time), n_events)
 
 
 def rank_columns(a: np.ndarray) -> np.ndarray:

@@ -177,3 +177,30 @@ def test_stratified_cox_matches_lifelines():
     ref = CoxPHFitter(strata=["plan"]).fit(df, "T", "E", fit_options={"precision": 1e-12, "r_precision": 1e-15})
     np.testing.assert_allclose(fit.beta[0], ref.params_[["x", "seats"]].values, atol=TOL)
     np.testing.assert_allclose(fit.se[0], ref.standard_errors_[["x", "seats"]].values, atol=TOL)
+
+
+def test_rmst_matches_lifelines():
+    from lifelines.utils import restricted_mean_survival_time
+
+    t, e, _ = _data(12, n=300)
+    km = stats.kaplan_meier(t, e)
+    ref = restricted_mean_survival_time(KaplanMeierFitter().fit(t, e), t=20)
+    assert km.rmst(20) == pytest.approx(ref, abs=1e-6)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_schoenfeld_test_matches_lifelines(seed):
+    from lifelines.statistics import proportional_hazard_test
+
+    rng = np.random.default_rng(seed)
+    n = 400
+    x = rng.normal(size=n)
+    t = rng.weibull(0.7 + 0.6 * (x > 0), n) * 50  # non-proportional when seed shapes differ
+    e = rng.random(n) < 0.7
+    x = (x - x.mean()) / x.std(ddof=1)
+    got = stats.schoenfeld_test(t, e, x)
+    df = pd.DataFrame({"x": x, "T": t, "E": e})
+    cph = CoxPHFitter().fit(df, "T", "E", fit_options={"precision": 1e-12, "r_precision": 1e-15})
+    ref = proportional_hazard_test(cph, df, time_transform="rank")
+    assert got.statistic == pytest.approx(float(np.asarray(ref.test_statistic)[0]), rel=1e-5)
+    assert got.p_value == pytest.approx(float(np.asarray(ref.p_value)[0]), abs=1e-6)
