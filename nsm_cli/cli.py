@@ -191,6 +191,47 @@ def _gates(err: Console, report, fail_under: float | None, expect_top: str | Non
 
 
 @app.command()
+def validate(
+    metric: Annotated[str, typer.Argument(help="Candidate name as `nsm rank` shows it, e.g. report_shared.count.")],
+    accounts: Accounts = None, usage: UsageOpt = None, mrr: Mrr = None, config: ConfigOpt = None,
+    column: Column = None, window: Window = None, horizon: Horizon = None, as_of: AsOf = None,
+    landmark: Landmark = None, expansion_min: ExpMin = None, segments: Segments = None,
+    weights: WeightsOpt = None, seed: Seed = None, max_events: MaxEvents = None,
+    windows: Annotated[str, typer.Option("--windows", help="Observation windows for the threshold scan.")] = "7d,14d,30d",
+    min_concordance: Annotated[float | None, typer.Option("--min-concordance", help="Gate: exit 1 if churn C is below.")] = None,
+    max_q: Annotated[float | None, typer.Option("--max-q", help="Gate: exit 1 if the churn q-value is above.")] = None,
+    min_lift: Annotated[float | None, typer.Option("--min-lift", help="Gate: exit 1 if the threshold's retention lift is below.")] = None,
+    require_stable: Annotated[bool, typer.Option("--require-stable", help="Gate: exit 1 unless the effect holds in every cohort and segment.")] = False,
+    format: Annotated[Format, typer.Option("--format", "-f", help="table (text) or json.")] = Format.table,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write to FILE instead of stdout.")] = None,
+    debug: Debug = False, quiet: Quiet = False,
+) -> None:
+    """Deep dive on one candidate: dose-response, aha threshold, stability, confounding, leading, PH check."""
+    from nsm_cli.deepdive import Gates, validate_metric
+    from nsm_cli.render import render_validation_text
+
+    err = Console(stderr=True)
+
+    def body() -> int:
+        settings = _settings(config, column, accounts=accounts, usage=usage, mrr=mrr, window_days=window,
+                             horizon_days=horizon, as_of=as_of, landmark=landmark, expansion_min=expansion_min,
+                             segments=segments, weights=weights, seed=seed, max_events=max_events)
+        scan = tuple(parse_duration(w, name="--windows") for w in windows.split(",") if w.strip())
+        gates = Gates(min_concordance, max_q, min_lift, require_stable)
+        with _Progress(err, quiet) as progress:
+            report = validate_metric(settings, metric, windows=scan, gates=gates, progress=progress)
+        text = json.dumps(report.to_dict(), indent=2, allow_nan=False, ensure_ascii=False) + "\n" \
+            if format is Format.json else render_validation_text(report)
+        _write_output(text, output, [settings.accounts, settings.usage, settings.mrr])
+        if report.gate_failures:
+            err.print(f"nsm: gate failed: {report.gate_failures[0]}", markup=False, highlight=False, soft_wrap=True)
+            return EXIT_GATE
+        return EXIT_OK
+
+    _run(err, debug, body)
+
+
+@app.command()
 def inspect(
     accounts: Accounts = None, usage: UsageOpt = None, mrr: Mrr = None, config: ConfigOpt = None,
     column: Column = None, window: Window = None, horizon: Horizon = None, as_of: AsOf = None,

@@ -6,8 +6,10 @@ import csv
 import io
 import json
 import re
+import textwrap
 from typing import Any
 
+import numpy as np
 from rich import box
 from rich.console import Group
 from rich.table import Table
@@ -30,6 +32,13 @@ _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 def _num(value: float | None, digits: int = 2) -> str:
     return "-" if value is None or value != value else f"{value:.{digits}f}"
+
+
+def _p(value: float | None) -> str:
+    """A p- or q-value for people: 3 significant digits, '<0.0001' below that."""
+    if value is None or value != value:
+        return "-"
+    return "<0.0001" if value < 1e-4 else f"{value:.2g}"
 
 
 def _pct(value: float | None) -> str:
@@ -197,3 +206,110 @@ def render_inspect_text(report: Any) -> str:
     if report.fatal:
         lines += ["", f"cannot analyse: {report.fatal}"]
     return "\n".join(lines) + "\n"
+
+
+# ---- nsm validate ------------------------------------------------------------------------------
+
+KM_MARKS = "1234567"
+
+
+def render_km_text(groups: list[dict[str, Any]], *, width: int = 72, height: int = 14) -> str:
+    """Kaplan-Meier retention curves as a text plot (one digit per group), days on x, retention on y."""
+    grid = [[" "] * width for _ in range(height)]
+    lo = min(min(p[1] for p in g["curve"]) for g in groups)
+    lo = max(0.0, min(lo, 0.9) - 0.05)
+    days = groups[0]["curve"][-1][0]
+    for gi, g in enumerate(groups):
+        xs = np.array([p[0] for p in g["curve"]])
+        ys = np.array([p[1] for p in g["curve"]])
+        for col in range(width):
+            t = days * col / (width - 1)
+            s = ys[np.searchsorted(xs, t, side="right") - 1]
+            row = int(round((1 - (s - lo) / (1 - lo)) * (height - 1)))
+            grid[min(max(row, 0), height - 1)][col] = KM_MARKS[gi % len(KM_MARKS)]
+    lines = []
+    for r, cells in enumerate(grid):
+        level = 1 - (1 - lo) * r / (height - 1)
+        label = f"{level:4.0%} |" if r % 3 == 0 or r == height - 1 else "     |"
+        lines.append(label + "".join(cells))
+    lines.append("     +" + "-" * width)
+    lines.append(f"      0{'days after the landmark':^{width - 8}}{days:.0f}")
+    lines += [f"      {KM_MARKS[i % len(KM_MARKS)]} = {g['label']} ({g['accounts']} accounts)" for i, g in enumerate(groups)]
+    return "\n".join(lines)
+
+
+def render_validation_text(v: Any) -> str:
+    d = v.to_dict()
+    c = d["candidate"]["churn"]
+    lines = [f"nsm validate {d['metric']}: {d['verdict'].upper()}", ""]
+    lines += [f"  - {r}" for r in d["reasons"]]
+    lines += [""] + textwrap.wrap(d["aha"]["sentence"], 100)
+    best = d["aha"].get("best")
+    if best:
+        lines.append(f"  threshold 95% bootstrap interval: {_num(best['ci_low'], 3)} .. {_num(best['ci_high'], 3)}; "
+                     f"lift {_num(best['lift'])}; holdout {_pct(best['holdout_retention_above'])} vs "
+                     f"{_pct(best['holdout_retention_below'])} (p {_p(best['holdout_p_value'])})")
+    lines += ["", f"Churn: C {_num(c['concordance'])}, HR per SD {_num(c['hazard_ratio'])} "
+              f"[{_num(c['hr_ci_low'])}, {_num(c['hr_ci_high'])}], q {_p(c['q_value'])}", ""]
+    lines += _dose_lines(d["dose_response"])
+    lines += _stability_lines(d["stability"])
+    lines += _confounding_lines(d["confounding"])
+    lines += _leading_lines(d["leading"])
+    ph = d["proportional_hazards"]
+    lines += [""] + textwrap.wrap(f"Proportional hazards (Schoenfeld, {ph['accounts']} accounts): "
+                                  f"p {_p(ph['p_value'])} — {ph['advice']}", 100)
+    if d["gate_failures"]:
+        lines += ["", "Gates failed:"] + [f"  - {g}" for g in d["gate_failures"]]
+    return "\n".join(lines) + "\n"
+
+
+def _dose_lines(dose: dict[str, Any]) -> list[str]:
+    head = f"{'group':<14}{'accounts':>9}" + "".join(f"{'day ' + k:>18}" for k in dose["groups"][0]["retention"])
+    lines = ["Retention by metric group (95% CI):", head]
+    for g in dose["groups"]:
+        cells = "".join(f"{_pct(r['retention']):>6} [{_pct(r['ci_low'])}-{_pct(r['ci_high'])}]".rjust(18)
+                        for r in g["retention"].values())
+        lines.append(f"{g['label']:<14}{g['accounts']:>9}{cells}")
+    lines += textwrap.wrap(
+        f"log-rank across groups: p {_p(dose['logrank_p_value'])} ({dose['logrank_df']} df). Accounts in "
+        f"{dose['best_group']} stay on average {dose['rmst_difference']:.0f} more days in their first year than "
+        f"accounts in {dose['worst_group']} (RMST).", 100)
+    lines += ["", render_km_text(dose["groups"]), ""]
+    return lines
+
+
+def _stability_lines(st: dict[str, Any]) -> list[str]:
+    lines = ["Stability (HR per SD and C by signup quarter and segment):"]
+    rows = [("cohort", r) for r in st["cohorts"]] + [(k, r) for k, rows in st["segments"].items() for r in rows]
+    for kind, r in rows:
+        lines.append(f"  {kind:<8} {r['group']:<12} n {r['accounts']:>7}  HR {_num(r['hazard_ratio'])}  "
+                     f"C {_num(r['concordance'])}  {r['status']}")
+    tr = st["trend"]
+    if tr["slope_log_hr_per_cohort"] is not None:
+        lines.append(f"  trend of log HR over cohorts: {tr['slope_log_hr_per_cohort']:+.3f} per quarter, p "
+                     f"{_p(tr['p_value'])}" + (" — DECAYING: revisit this metric" if tr["decaying"] else ""))
+    return lines + [""]
+
+
+def _confounding_lines(cf: dict[str, Any]) -> list[str]:
+    lines = ["Confounding (HR per SD):", f"  {'raw':<30} {_num(cf['raw']['hazard_ratio'])}"]
+    labels = {"segments": "adjusted for segments", "candidates": "adjusted for other candidates",
+              "both": "adjusted for both"}
+    for key, label in labels.items():
+        if cf.get(key):
+            lines.append(f"  {label:<30} {_num(cf[key]['hazard_ratio'])} (p {_p(cf[key]['p_value'])})")
+    for kind in ("segments", "candidates"):
+        if cf["adjusted_for"][kind]:
+            lines += textwrap.wrap(f"{kind}: {', '.join(cf['adjusted_for'][kind])}", 96, initial_indent="    ",
+                                   subsequent_indent="      ")
+    return lines + [""]
+
+
+def _leading_lines(ld: dict[str, Any]) -> list[str]:
+    lines = [f"Leading or lagging ({ld['mode']}):"]
+    for r in ld["rows"]:
+        key = f"window {r['window_days']:g}d" if "window_days" in r else f"lead {r['lead_days']:g}d"
+        lines.append(f"  {key:<12} " + (f"C {_num(r['concordance'])}  HR {_num(r['hazard_ratio'])}" if "concordance"
+                                         in r else r.get("note", "")))
+    lines.append("  leading: it predicts early" if ld["leading"] else "  lagging: it only predicts late")
+    return lines

@@ -143,6 +143,18 @@ def test_logrank_matches_lifelines_two_and_many_groups():
     assert got4.degrees_of_freedom == 3
 
 
+def test_logrank_masks_equals_one_test_per_mask():
+    t, e, x = _data(9, n=300)
+    masks = np.stack([x >= q for q in (-1.0, 0.0, 0.7)], axis=1)
+    z, p = stats.logrank_masks(masks, stats.TimeIndex.of(t, e))
+    for j in range(masks.shape[1]):
+        m = masks[:, j]
+        ref = logrank_test(t[m], t[~m], e[m], e[~m])
+        assert z[j] ** 2 == pytest.approx(ref.test_statistic, abs=TOL)
+        assert p[j] == pytest.approx(ref.p_value, abs=TOL)
+    assert z[1] > 0  # in _data higher x means shorter times: more events than expected
+
+
 def test_spearman_and_bh_match_scipy():
     rng = np.random.default_rng(3)
     a = rng.integers(0, 5, size=(200, 3)).astype(float)
