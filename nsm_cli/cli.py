@@ -79,7 +79,7 @@ def _fail(err: Console, code: int, message: str) -> typer.Exit:
     return typer.Exit(code)
 
 
-def _write_output(text: str, output: Path | None, inputs: list[str | None]) -> None:
+def _write_output(text: str | bytes, output: Path | None, inputs: list[str | None]) -> None:
     """stdout, or an atomic write (temp file + rename) that refuses to overwrite an input."""
     if output is None:
         sys.stdout.write(text)
@@ -92,8 +92,11 @@ def _write_output(text: str, output: Path | None, inputs: list[str | None]) -> N
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            handle.write(text)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(text.encode("utf-8") if isinstance(text, str) else text)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the user's usual mode
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -226,6 +229,50 @@ def validate(
         if report.gate_failures:
             err.print(f"nsm: gate failed: {report.gate_failures[0]}", markup=False, highlight=False, soft_wrap=True)
             return EXIT_GATE
+        return EXIT_OK
+
+    _run(err, debug, body)
+
+
+class ReportFormat(StrEnum):
+    markdown = "markdown"
+    html = "html"
+
+
+@app.command()
+def report(
+    accounts: Accounts = None, usage: UsageOpt = None, mrr: Mrr = None, config: ConfigOpt = None,
+    column: Column = None, window: Window = None, horizon: Horizon = None, as_of: AsOf = None,
+    landmark: Landmark = None, expansion_min: ExpMin = None, segments: Segments = None,
+    weights: WeightsOpt = None, seed: Seed = None, max_events: MaxEvents = None,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Report file; charts go in a folder beside it.")] = Path("report.md"),
+    format: Annotated[ReportFormat, typer.Option("--format", "-f", help="markdown (+ PNG charts) or html (one file, charts embedded).")] = ReportFormat.markdown,
+    top: Annotated[int, typer.Option("--top", "-n", min=1, help="Rows in the ranking table.")] = 10,
+    debug: Debug = False, quiet: Quiet = False,
+) -> None:
+    """Write a North Star report for leadership: headline, charts, ranking, rejected metrics, method notes."""
+    from nsm_cli.briefing import build_briefing
+    from nsm_cli.render import render_document_html, render_document_markdown
+
+    err = Console(stderr=True)
+
+    def body() -> int:
+        settings = _settings(config, column, accounts=accounts, usage=usage, mrr=mrr, window_days=window,
+                             horizon_days=horizon, as_of=as_of, landmark=landmark, expansion_min=expansion_min,
+                             segments=segments, weights=weights, seed=seed, max_events=max_events)
+        with _Progress(err, quiet) as progress:
+            doc = build_briefing(settings, top=top, progress=progress)
+        inputs = [settings.accounts, settings.usage, settings.mrr]
+        if format is ReportFormat.html:
+            _write_output(render_document_html(doc), output, inputs)
+        else:
+            folder = output.parent / f"{output.stem}_files"
+            for block in doc.blocks:
+                if block.png:
+                    _write_output(block.png, folder / block.image, inputs)
+            _write_output(render_document_markdown(doc, folder.name), output, inputs)
+        if not quiet:
+            err.print(f"nsm: wrote {output}", markup=False, highlight=False, soft_wrap=True)
         return EXIT_OK
 
     _run(err, debug, body)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import csv
+import html
 import io
 import json
 import re
@@ -313,3 +315,66 @@ def _leading_lines(ld: dict[str, Any]) -> list[str]:
                                          in r else r.get("note", "")))
     lines.append("  leading: it predicts early" if ld["leading"] else "  lagging: it only predicts late")
     return lines
+
+
+# ---- nsm report --------------------------------------------------------------------------------
+
+def render_document_markdown(doc: Any, image_dir: str) -> str:
+    """GitHub-flavoured Markdown; images referenced as `image_dir/NAME.png` (relative paths)."""
+    out: list[str] = []
+    for b in doc.blocks:
+        if b.kind == "h1":
+            out += [f"# {b.text}", ""]
+        elif b.kind == "h2":
+            out += [f"## {b.text}", ""]
+        elif b.kind in ("p", "small"):
+            out += [b.text if b.kind == "p" else f"<sub>{b.text}</sub>", ""]
+        elif b.kind == "list":
+            out += [f"- {item}" for item in b.items] + [""]
+        elif b.kind == "table":
+            out.append("| " + " | ".join(md_escape(h) for h in b.header) + " |")
+            out.append("|" + "|".join("---" for _ in b.header) + "|")
+            out += ["| " + " | ".join(md_escape(cell) for cell in row) + " |" for row in b.rows]
+            out.append("")
+        elif b.kind == "image":
+            out += [f"![{md_escape(b.text)}]({image_dir}/{b.image})", ""]
+    return "\n".join(out).rstrip() + "\n"
+
+
+def _inline_html(text: str) -> str:
+    escaped = html.escape(text)
+    escaped = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", escaped)
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", escaped)
+
+
+HTML_STYLE = """
+body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:980px;margin:2em auto;padding:0 1em;
+color:#1b1b1b;line-height:1.5}h1{font-size:2em}h2{margin-top:1.6em;border-bottom:1px solid #ddd}
+table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}
+th{background:#f4f4f4}img{max-width:100%;height:auto}code{background:#f2f2f2;padding:1px 4px;border-radius:3px}
+small{color:#666}
+"""
+
+
+def render_document_html(doc: Any) -> str:
+    """One self-contained HTML file: the same blocks, charts embedded as data URIs."""
+    out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+           f"<title>{html.escape(doc.title)}</title><style>{HTML_STYLE}</style></head><body>"]
+    for b in doc.blocks:
+        if b.kind in ("h1", "h2"):
+            out.append(f"<{b.kind}>{_inline_html(b.text)}</{b.kind}>")
+        elif b.kind == "p":
+            out.append(f"<p>{_inline_html(b.text)}</p>")
+        elif b.kind == "small":
+            out.append(f"<p><small>{_inline_html(b.text)}</small></p>")
+        elif b.kind == "list":
+            out.append("<ul>" + "".join(f"<li>{_inline_html(i)}</li>" for i in b.items) + "</ul>")
+        elif b.kind == "table":
+            head = "".join(f"<th>{html.escape(h)}</th>" for h in b.header)
+            body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in b.rows)
+            out.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+        elif b.kind == "image":
+            data = base64.b64encode(b.png).decode("ascii")
+            out.append(f'<figure><img alt="{html.escape(b.text)}" src="data:image/png;base64,{data}"></figure>')
+    out.append("</body></html>")
+    return "\n".join(out) + "\n"
