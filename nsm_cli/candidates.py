@@ -100,7 +100,7 @@ def windowed_events(usage: Usage, cohort: pl.DataFrame) -> pl.LazyFrame:
 def _long_from_events(usage: Usage, events: pl.LazyFrame, window_days: float) -> pl.LazyFrame:
     aggs = _event_aggs(usage, window_days)
     names = [a.meta.output_name() for a in aggs]
-    per_event = events.group_by(ID, "event").agg(aggs)
+    per_event = events.group_by(ID, "event").agg(aggs).with_columns(pl.col("event").cast(pl.String))
     overall = events.group_by(ID).agg(aggs).with_columns(pl.lit("any").alias("event"))
     both = pl.concat([per_event, overall.select(per_event.collect_schema().names())])
     if usage.has_user:
@@ -112,7 +112,7 @@ def _long_from_events(usage: Usage, events: pl.LazyFrame, window_days: float) ->
 def build_event_candidates(usage: Usage, cohort: pl.DataFrame, settings: Settings) -> CandidateSet:
     events = windowed_events(usage, cohort).collect().lazy()  # materialised once, aggregated several ways
     long = _long_from_events(usage, events, settings.window_days).collect()
-    sources = sorted(set(usage.frame["event"].unique().to_list()))
+    sources = sorted(set(usage.frame["event"].cast(pl.String).unique().to_list()))
     mapping, warnings = slugs_for(sources)
     mapping["any"] = "any"
     long = long.with_columns(
@@ -140,7 +140,7 @@ def _config_candidates(specs: tuple[CandidateSpec, ...]) -> list[Candidate]:
 
 
 def _config_metric(spec: CandidateSpec, usage: Usage, events: pl.LazyFrame, settings: Settings) -> pl.DataFrame:
-    chosen = events.filter(pl.col("event").is_in(list(spec.events)))
+    chosen = events.filter(pl.col("event").cast(pl.String).is_in(list(spec.events)))
     if spec.filter:
         try:
             chosen = chosen.filter(pl.sql_expr(spec.filter))

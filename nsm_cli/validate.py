@@ -229,12 +229,13 @@ def clean_events(table: Table, settings: Settings, problems: Problems) -> Usage:
     exprs = [
         text(id_col).alias(ID),
         parse_datetime(ts_col, formats, schema[ts_col]).alias("ts"),
-        text(ev_col).alias("event"),
+        text(ev_col).cast(pl.Categorical).alias("event"),
         pl.col(LINE),
         text(ts_col).is_not_null().alias("__has_ts"),
     ]
-    if user_col:
-        exprs.append(text(user_col).alias("user_id"))
+    if user_col:  # only distinct users are ever counted: a 64-bit hash stands in for the text, 8 bytes a row
+        user = text(user_col)
+        exprs.append(pl.when(user.is_not_null()).then(user.hash(seed=0)).alias("user_id"))
     if value_col:
         exprs += [parse_number(value_col, schema[value_col]).alias("value"),
                   (text(value_col).is_not_null() & parse_number(value_col, schema[value_col]).is_null()).alias("__bad_value")]
@@ -432,7 +433,8 @@ def _warn_before_signup(frame: pl.DataFrame, known: pl.DataFrame, table: Table, 
 
 
 def _cap_events(frame: pl.DataFrame, max_events: int, table: Table, problems: Problems) -> pl.DataFrame:
-    volumes = frame.group_by("event").len().sort(["len", "event"], descending=[True, False])
+    volumes = frame.group_by("event").len().with_columns(pl.col("event").cast(pl.String))
+    volumes = volumes.sort(["len", "event"], descending=[True, False])
     if volumes.height <= max_events:
         return frame
     kept = volumes.head(max_events)["event"]
@@ -440,4 +442,4 @@ def _cap_events(frame: pl.DataFrame, max_events: int, table: Table, problems: Pr
     problems.warn("events_capped", f"{volumes.height} distinct event types; kept the {max_events} with the most "
                   f"rows and ignored {dropped} rarer ones", count=dropped, file=table.name, column="event",
                   advice="raise --max-events to analyse more")
-    return frame.filter(pl.col("event").is_in(kept.implode()))
+    return frame.filter(pl.col("event").cast(pl.String).is_in(kept.implode()))
