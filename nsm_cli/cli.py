@@ -74,6 +74,18 @@ def _settings(config: Path | None, column: list[str] | None, **flags) -> Setting
     return build_settings(config, columns=columns, **values)
 
 
+_FLAG_SETTINGS = {"accounts": "accounts", "usage": "usage", "mrr": "mrr", "window": "window_days",
+                  "horizon": "horizon_days", "as_of": "as_of", "landmark": "landmark",
+                  "expansion_min": "expansion_min", "segments": "segments", "weights": "weights", "seed": "seed",
+                  "max_events": "max_events"}
+
+
+def _settings_from(flags: dict) -> Settings:
+    """Settings from a command's parameters (the shared input and method flags it has)."""
+    values = {setting: flags.get(flag) for flag, setting in _FLAG_SETTINGS.items()}
+    return _settings(flags.get("config"), flags.get("column"), **values)
+
+
 def _fail(err: Console, code: int, message: str) -> typer.Exit:
     err.print(f"nsm: error: {message}", markup=False, highlight=False, soft_wrap=True)
     return typer.Exit(code)
@@ -157,12 +169,11 @@ def rank(
     debug: Debug = False, quiet: Quiet = False,
 ) -> None:
     """Rank every candidate metric by how well it predicts retention and expansion."""
+    flags = dict(locals())
     err = Console(stderr=True)
 
     def body() -> int:
-        settings = _settings(config, column, accounts=accounts, usage=usage, mrr=mrr, window_days=window,
-                             horizon_days=horizon, as_of=as_of, landmark=landmark, expansion_min=expansion_min,
-                             segments=segments, weights=weights, seed=seed, max_events=max_events)
+        settings = _settings_from(flags)
         with _Progress(err, quiet) as progress:
             report = analyze(settings, progress=progress)
         if not quiet:
@@ -213,12 +224,11 @@ def validate(
     from nsm_cli.deepdive import Gates, validate_metric
     from nsm_cli.render import render_validation_text
 
+    flags = dict(locals())
     err = Console(stderr=True)
 
     def body() -> int:
-        settings = _settings(config, column, accounts=accounts, usage=usage, mrr=mrr, window_days=window,
-                             horizon_days=horizon, as_of=as_of, landmark=landmark, expansion_min=expansion_min,
-                             segments=segments, weights=weights, seed=seed, max_events=max_events)
+        settings = _settings_from(flags)
         scan = tuple(parse_duration(w, name="--windows") for w in windows.split(",") if w.strip())
         gates = Gates(min_concordance, max_q, min_lift, require_stable)
         with _Progress(err, quiet) as progress:
@@ -254,12 +264,11 @@ def report(
     from nsm_cli.briefing import build_briefing
     from nsm_cli.render import render_document_html, render_document_markdown
 
+    flags = dict(locals())
     err = Console(stderr=True)
 
     def body() -> int:
-        settings = _settings(config, column, accounts=accounts, usage=usage, mrr=mrr, window_days=window,
-                             horizon_days=horizon, as_of=as_of, landmark=landmark, expansion_min=expansion_min,
-                             segments=segments, weights=weights, seed=seed, max_events=max_events)
+        settings = _settings_from(flags)
         with _Progress(err, quiet) as progress:
             doc = build_briefing(settings, top=top, progress=progress)
         inputs = [settings.accounts, settings.usage, settings.mrr]
@@ -291,12 +300,11 @@ def inspect(
     """Profile and check the inputs: shapes, columns, date ranges, rates, and every problem found."""
     from nsm_cli.inspect import inspect_inputs
 
+    flags = dict(locals())
     err = Console(stderr=True)
 
     def body() -> int:
-        settings = _settings(config, column, accounts=accounts, usage=usage, mrr=mrr, window_days=window,
-                             horizon_days=horizon, as_of=as_of, landmark=landmark, expansion_min=expansion_min,
-                             segments=segments, max_events=max_events)
+        settings = _settings_from(flags)
         report = inspect_inputs(settings)
         text = json.dumps(report.to_dict(), indent=2, allow_nan=False, ensure_ascii=False) + "\n" \
             if format is Format.json else render_inspect_text(report)

@@ -20,7 +20,7 @@ from nsm_cli import stats
 from nsm_cli.config import Settings
 from nsm_cli.errors import UsageError
 from nsm_cli.evidence import OutcomeData, segment_design, standardise
-from nsm_cli.pipeline import Prepared, load_inputs, prepare, rank_prepared
+from nsm_cli.pipeline import Prepared, build_candidates, load_inputs, prepare, rank_prepared
 from nsm_cli.ranking import ALPHA, MIN_SIDE_SHARE, holdout_split
 from nsm_cli.results import CandidateResult, clean
 
@@ -381,8 +381,6 @@ def leading_check(metric: str, inputs, settings: Settings, base: Prepared) -> di
             frame = base.cohort.frame.with_columns(
                 window_start=pl.col("landmark") - pl.duration(days=lead + settings.window_days),
                 landmark=pl.col("landmark") - pl.duration(days=lead))
-            from nsm_cli.pipeline import build_candidates
-
             cands = build_candidates(inputs, dataclasses.replace(base.cohort, frame=frame), settings)
             if metric in cands.metrics.columns:
                 rows.append({"lead_days": lead, **_effect(cands.metrics[metric].to_numpy().astype(float), base.churn)})

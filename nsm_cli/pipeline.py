@@ -15,7 +15,7 @@ from nsm_cli.candidates import CandidateSet, build_event_candidates, build_perio
 from nsm_cli.config import Settings
 from nsm_cli.errors import DataWarning, InputError, InsufficientDataError
 from nsm_cli.evidence import OutcomeData, gather_evidence, segment_design
-from nsm_cli.load import read_table
+from nsm_cli.load import Table, find_column, read_table
 from nsm_cli.outcomes import Cohort, build_cohort
 from nsm_cli.ranking import CandidateFacts, Split, find_threshold, holdout_split, outcome_stats, rank_candidates
 from nsm_cli.results import DataSummary, Report
@@ -76,9 +76,7 @@ def _load_inputs(settings: Settings) -> Inputs:
                   has_churn, has_exp, problems)
 
 
-def _roles(table, settings: Settings) -> set[str]:
-    from nsm_cli.load import find_column
-
+def _roles(table: Table, settings: Settings) -> set[str]:
     found = set()
     for role in ("churn_date", "expansion_date"):
         if find_column(table, role, override=settings.columns.get(role), required=False):

@@ -140,10 +140,15 @@ def test_sample_command_writes_dataset(runner, tmp_path):
 
 
 def test_nsm_toml_config_and_unknown_keys(runner, tmp_path):
-    cfg = write(tmp_path / "nsm.toml", f'accounts = "{ARGS[1]}"\nusage = "{ARGS[3]}"\nhorizon = "60d"\n')
+    cfg = write(tmp_path / "nsm.toml", f'accounts = "{ARGS[1]}"\nusage = "{ARGS[3]}"\nhorizon = "60d"\n'
+                '[[candidate]]\nname = "collab.count"\nevents = ["report_shared", "integration_connected"]\n'
+                '[[candidate]]\nname = "share_rate"\nratio = ["report_shared.count", "any.count"]\n')
     result = runner.invoke(app, ["rank", "--config", cfg, "-q", "-f", "json"])
-    assert result.exit_code == 0
-    assert json.loads(result.stdout)["settings"]["horizon_days"] == 60
+    assert result.exit_code == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["settings"]["horizon_days"] == 60
+    names = {c["name"]: c for c in data["candidates"]}
+    assert names["collab.count"]["origin"] == "config" and names["share_rate"]["aggregation"] == "ratio"
     bad = write(tmp_path / "bad.toml", 'accounts = "x"\nwindw = "7d"\n')
     result = runner.invoke(app, ["rank", "--config", bad])
     assert result.exit_code == 2 and "windw" in result.stderr

@@ -153,3 +153,38 @@ def test_events_after_the_landmark_change_nothing(small, tmp_path):
     path = tmp_path / "events.csv"
     events.write_csv(path)
     assert _essentials(_run(small, path)) == _essentials(base)
+
+
+# ---- other input shapes and modes, end to end ------------------------------------------------
+
+def test_glob_of_event_files_equals_one_file(small, tmp_path):
+    events = pl.read_csv(small / "events.csv")
+    half = events.height // 2
+    (tmp_path / "parts").mkdir()
+    events.head(half).write_csv(tmp_path / "parts" / "a.csv")
+    events.slice(half).write_csv(tmp_path / "parts" / "b.csv")
+    split = _run(small, tmp_path / "parts" / "*.csv")
+    assert _essentials(split) == _essentials(_run(small, small / "events.csv"))
+
+
+def test_calendar_landmark_accounts_for_everyone(small):
+    report = analyze(Settings(accounts=str(small / "accounts.csv"), usage=str(small / "events.csv"),
+                              landmark=datetime(2024, 10, 1), as_of=datetime(2025, 6, 30)))
+    d = report.data
+    assert d.accounts_analysed + sum(d.excluded.values()) == d.accounts_total
+    assert {"signed_up_after_landmark", "churned_before_landmark", "partial_window"} <= set(d.excluded)
+    assert report.settings["landmark_mode"] == "calendar"
+
+
+def test_wide_periodic_table_ranks_the_driver_first(small, tmp_path):
+    events = pl.read_csv(small / "events.csv", try_parse_dates=True)
+    weekly = (events.with_columns(pl.col("timestamp").dt.truncate("1w").dt.date().alias("date"))
+              .group_by("account_id", "date").agg(
+                  [(pl.col("event") == e).sum().alias(e) for e in ("report_shared", "page_viewed", "login")])
+              .sort("account_id", "date"))
+    weekly.write_csv(tmp_path / "weekly.csv")
+    report = analyze(Settings(accounts=str(small / "accounts.csv"), usage=str(tmp_path / "weekly.csv"),
+                              as_of=datetime(2025, 6, 30)))
+    assert report.data.usage_kind == "wide"
+    assert report.candidates[0].source == "report_shared"
+    assert {c.aggregation for c in report.candidates} <= {"sum", "mean", "active_periods"}
