@@ -52,16 +52,16 @@ def _value(v: float) -> str:
 
 
 def threshold_words(c: CandidateResult, horizon: float) -> str:
-    """'>= 3 (31%): 78% vs 55% retained at 90d, holdout ok'"""
+    """'>= 3 (31%): 78% vs 55% ✓': share of accounts at or above, retained at the horizon above vs below,
+    and whether the holdout half confirmed it."""
     t = c.churn.threshold
     if t is None:
         return "-"
-    check = "holdout ok" if t.holdout_confirmed else "not confirmed"
+    check = "✓" if t.holdout_confirmed else "✗"
     if c.score_components.get("orientation", 1.0) < 0:
         return (f"< {_value(t.value)} ({_pct(1 - t.share_above)}): {_pct(t.retention_below)} vs "
-                f"{_pct(t.retention_above)} retained at {horizon:g}d, {check}")
-    return (f">= {_value(t.value)} ({_pct(t.share_above)}): {_pct(t.retention_above)} vs "
-            f"{_pct(t.retention_below)} retained at {horizon:g}d, {check}")
+                f"{_pct(t.retention_above)} {check}")
+    return f">= {_value(t.value)} ({_pct(t.share_above)}): {_pct(t.retention_above)} vs {_pct(t.retention_below)} {check}"
 
 
 def _summary_lines(report: Report) -> list[str]:
@@ -79,6 +79,8 @@ def _summary_lines(report: Report) -> list[str]:
         lines.append(f"Skipped candidates: {len(d.skipped_candidates)} (constant or nearly empty).")
     if d.warnings:
         lines.append(f"Data warnings: {len(d.warnings)} (see --format json or nsm inspect).")
+    lines.append(f"Threshold: metric >= t (share of accounts): retained at day {s['horizon_days']:g} above vs below; "
+                 "✓ confirmed on the holdout half, ✗ not.")
     return lines
 
 
@@ -99,7 +101,8 @@ def render_rich(report: Report, *, top: int | None) -> Group:
     """Terminal table (rich) with the summary lines under it."""
     table = Table(box=box.SIMPLE_HEAVY, title="North Star candidates", title_justify="left")
     for h in HEADERS:
-        table.add_column(h, overflow="fold", justify="right" if h in ("#", "score") or " " in h else "left")
+        table.add_column(h, overflow="fold", no_wrap=h == "candidate",
+                         justify="right" if h in ("#", "score") or " " in h else "left")
     horizon = report.settings["horizon_days"]
     for c in report.candidates[:top]:
         style = "bold green" if c.rank == 1 and c.score > 0 else ("dim" if c.score == 0 else None)
