@@ -16,6 +16,8 @@ from nsm_cli import stats
 
 SEPARATION_BETA = 8.0  # |log HR per SD| beyond this means the likelihood has no finite maximum
 COLLINEAR_R2 = 0.9  # a candidate this well explained by the segments has no separate adjusted effect
+ADJUST_Q = 0.05  # the adjusted HR is computed for candidates significant in that outcome (it can only
+# change a verdict there: confounding is moot for a metric with no effect to explain)
 MIN_LEVEL_SHARE = 0.01
 
 
@@ -146,25 +148,37 @@ def gather_evidence(outcome: OutcomeData, metrics: np.ndarray, segments: Segment
     fit, penalized = _fit_univariate(t, e, x)
     p = fit.p_value[:, 0]
     adjusted_beta = adjusted_p = r2 = None
+    q = stats.bh_qvalues(p)
     if segments is not None:
         r2 = explained_share(x, segments.explained_design()[outcome.rows])
-        design = x.T[:, :, None]
-        if segments.covariates is not None:
-            z = segments.covariates[outcome.rows]
-            design = np.concatenate([design, np.broadcast_to(z, (k,) + z.shape)], axis=2)
-        strata = None if segments.strata is None else segments.strata[outcome.rows]
-        adjusted = stats.cox_fit_chunked(t, e, design, strata=strata)
-        identifiable = (r2 < COLLINEAR_R2) & adjusted.converged
-        adjusted_beta = np.where(identifiable, adjusted.beta[:, 0], np.nan)
-        adjusted_p = np.where(identifiable, adjusted.p_value[:, 0], np.nan)
+        adjusted_beta, adjusted_p = _adjusted(t, e, x, segments, outcome.rows, (q < ADJUST_Q) & (r2 < COLLINEAR_R2))
     ranked = stats.rank_columns(m)
     return Evidence(
         n_accounts=len(t), n_events=int(e.sum()),
         concordance=stats.concordance(t, e, direction * m.T),
-        log_hr=fit.beta[:, 0], se=fit.se[:, 0], p_value=p, q_value=stats.bh_qvalues(p),
+        log_hr=fit.beta[:, 0], se=fit.se[:, 0], p_value=p, q_value=q,
         spearman=stats.spearman_with(ranked, outcome.spearman_target),
         penalized=penalized, adjusted_log_hr=adjusted_beta, adjusted_p_value=adjusted_p, segment_r2=r2,
     )
+
+
+def _adjusted(t: np.ndarray, e: np.ndarray, x: np.ndarray, segments: Segments, rows: np.ndarray,
+              wanted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Segment-adjusted log HR and p of the `wanted` candidates (NaN for the others): a Cox model
+    stratified by the categorical segments, with the numeric segments as covariates."""
+    beta, p = np.full(x.shape[1], np.nan), np.full(x.shape[1], np.nan)
+    idx = np.flatnonzero(wanted)
+    if len(idx) == 0:
+        return beta, p
+    design = x.T[idx][:, :, None]
+    if segments.covariates is not None:
+        z = segments.covariates[rows]
+        design = np.concatenate([design, np.broadcast_to(z, (len(idx),) + z.shape)], axis=2)
+    strata = None if segments.strata is None else segments.strata[rows]
+    fit = stats.cox_fit_chunked(t, e, design, strata=strata)
+    beta[idx] = np.where(fit.converged, fit.beta[:, 0], np.nan)
+    p[idx] = np.where(fit.converged, fit.p_value[:, 0], np.nan)
+    return beta, p
 
 
 def explained_share(x: np.ndarray, z: np.ndarray) -> np.ndarray:

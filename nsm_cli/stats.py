@@ -37,7 +37,7 @@ class CoxFit:
     @property
     def p_value(self) -> np.ndarray:
         with np.errstate(divide="ignore", invalid="ignore"):
-            return 2 * sps.norm.sf(np.abs(self.beta / self.se))
+            return np.where(np.isinf(self.se), 1.0, 2 * sps.norm.sf(np.abs(self.beta / self.se)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +167,10 @@ def cox_fit(time: np.ndarray, event: np.ndarray, X: np.ndarray, *, penalizer: fl
         converged[idx] = (moved < tol) | (np.abs(delta).max(axis=1) < tol)
         done[idx] = converged[idx] | (np.abs(beta[idx]).max(axis=1) > diverge_at) | (step < 1e-9)
     variance = np.linalg.pinv(-hess)
+    flat = np.diagonal(-hess, axis1=1, axis2=2) <= 1e-12 * max(1, n)  # a covariate with no information
+    if flat.any():  # (zero variance among those at risk): no estimate, infinite uncertainty
+        model, coef = np.nonzero(flat)
+        variance[model, coef, coef] = np.inf
     return CoxFit(beta, variance, ll, converged & np.isfinite(beta).all(1), penalizer)
 
 

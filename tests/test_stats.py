@@ -216,3 +216,12 @@ def test_schoenfeld_test_matches_lifelines(seed):
     ref = proportional_hazard_test(cph, df, time_transform="rank")
     assert got.statistic == pytest.approx(float(np.asarray(ref.test_statistic)[0]), rel=1e-5)
     assert got.p_value == pytest.approx(float(np.asarray(ref.p_value)[0]), abs=1e-6)
+
+
+def test_zero_variance_column_has_no_evidence_and_does_not_disturb_the_batch():
+    t, e, x = _data(13, n=200)
+    X = np.stack([np.zeros_like(x), x])[:, :, None]
+    fit = stats.cox_fit(t, e, X)
+    assert fit.beta[0, 0] == 0 and np.isinf(fit.se[0, 0]) and fit.p_value[0, 0] == 1.0
+    ref = _lifelines_cox(t, e, x[:, None])
+    assert fit.beta[1, 0] == pytest.approx(ref.params_.iloc[0], abs=TOL)
