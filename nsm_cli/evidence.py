@@ -136,8 +136,10 @@ def _fit_univariate(time: np.ndarray, event: np.ndarray, x: np.ndarray) -> tuple
 
 
 def gather_evidence(outcome: OutcomeData, metrics: np.ndarray, segments: Segments | None, *,
-                    direction: float) -> Evidence:
-    """`direction` = +1 when longer time is good (churn), -1 when shorter is good (expansion)."""
+                    direction: float, ranked: np.ndarray | None = None) -> Evidence:
+    """`direction` = +1 when longer time is good (churn), -1 when shorter is good (expansion).
+
+    `ranked` (the column ranks of `metrics`) is reused when the outcome covers every account."""
     m = metrics[outcome.rows]
     t, e = outcome.time, outcome.event
     k = m.shape[1]
@@ -152,7 +154,8 @@ def gather_evidence(outcome: OutcomeData, metrics: np.ndarray, segments: Segment
     if segments is not None:
         r2 = explained_share(x, segments.explained_design()[outcome.rows])
         adjusted_beta, adjusted_p = _adjusted(t, e, x, segments, outcome.rows, (q < ADJUST_Q) & (r2 < COLLINEAR_R2))
-    ranked = stats.rank_columns(m)
+    if ranked is None or len(outcome.rows) != len(metrics):
+        ranked = stats.rank_columns(m)
     return Evidence(
         n_accounts=len(t), n_events=int(e.sum()),
         concordance=stats.concordance(t, e, direction * m.T),

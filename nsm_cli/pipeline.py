@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -177,27 +179,28 @@ def _assess(inputs: Inputs, cohort: Cohort, cands: CandidateSet, churn: OutcomeD
     names = [c.name for c in cands.candidates]
     matrix = cands.metrics.select(names).to_numpy().astype(float)
     segments = segment_design(cohort.frame, inputs.segments) if inputs.segments else None
-    ev_churn = gather_evidence(churn, matrix, segments, direction=1.0)
-    ev_exp = gather_evidence(expansion, matrix, segments, direction=-1.0) if expansion else None
-    train = holdout_split(cohort.frame["account_id"].to_numpy(), settings.seed)
     ranked = stats.rank_columns(matrix)
+    ev_churn = gather_evidence(churn, matrix, segments, direction=1.0, ranked=ranked)
+    ev_exp = gather_evidence(expansion, matrix, segments, direction=-1.0, ranked=ranked) if expansion else None
+    train = holdout_split(cohort.frame["account_id"].to_numpy(), settings.seed)
     tenure = stats.spearman_with(ranked, cohort.frame["tenure_days"].to_numpy())
     signup_days = cohort.frame.select(pl.col("signup").dt.epoch("s")).to_series().to_numpy()
     trend = stats.spearman_with(ranked, signup_days)
     cover = coverage(cands.metrics, cands.candidates, settings.window_days)
     churn_split = Split.of(churn, train)
     exp_split = Split.of(expansion, train[expansion.rows]) if expansion else None
+    horizon = settings.horizon_days
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:  # numpy kernels release the GIL
+        churn_thr = list(pool.map(lambda j: find_threshold(matrix[:, j], churn_split, horizon), range(len(names))))
+        exp_thr = list(pool.map(lambda j: find_threshold(matrix[expansion.rows, j], exp_split, horizon),
+                                range(len(names)))) if exp_split is not None else [None] * len(names)
     facts, churn_stats, exp_stats = [], [], []
     for j, c in enumerate(cands.candidates):
         facts.append(CandidateFacts(c.name, c.source, c.aggregation, c.origin, cover[c.name],
                                     float(np.nan_to_num(tenure[j])), float(np.nan_to_num(trend[j]))))
-        thr = find_threshold(matrix[:, j], churn_split, settings.horizon_days)
-        churn_stats.append(outcome_stats(ev_churn, j, churn.spearman_target_name, thr))
-        if expansion and ev_exp is not None and exp_split is not None:
-            thr_e = find_threshold(matrix[expansion.rows, j], exp_split, settings.horizon_days)
-            exp_stats.append(outcome_stats(ev_exp, j, expansion.spearman_target_name, thr_e))
-        else:
-            exp_stats.append(None)
+        churn_stats.append(outcome_stats(ev_churn, j, churn.spearman_target_name, churn_thr[j]))
+        exp_stats.append(outcome_stats(ev_exp, j, expansion.spearman_target_name, exp_thr[j])
+                         if expansion is not None and ev_exp is not None else None)
     similarity = stats.spearman_matrix(ranked) if len(names) > 1 else np.ones((1, 1))
     results = rank_candidates(facts, churn_stats, exp_stats, np.nan_to_num(similarity), settings.weights)
     return Report(settings=_settings_dict(settings, inputs), data=_summary(inputs, cohort, cands, churn, expansion),

@@ -12,6 +12,8 @@ tests against lifelines and scipy on the same arrays. Conventions:
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -181,12 +183,20 @@ def _solve(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return np.einsum("kij,kj->ki", np.linalg.pinv(a), b)
 
 
+def _workers() -> int:
+    return max(1, min(4, os.cpu_count() or 1))
+
+
 def cox_fit_chunked(time: np.ndarray, event: np.ndarray, X: np.ndarray, *, penalizer: float = 0.0,
                     strata: np.ndarray | None = None, max_cells: int = 6_000_000) -> CoxFit:
-    """`cox_fit` over chunks of models so that each chunk's feature array stays under `max_cells` floats."""
+    """`cox_fit` over chunks of models, run on a thread per core (numpy releases the GIL in its
+    kernels). Each chunk's feature array stays under `max_cells` floats. Chunks are independent,
+    so results do not depend on the number of threads."""
     k, n, p = X.shape
-    size = max(1, max_cells // max(1, n * (1 + p + p * (p + 1) // 2)))
-    fits = [cox_fit(time, event, X[i : i + size], penalizer=penalizer, strata=strata) for i in range(0, k, size)]
+    size = max(1, min(max_cells // max(1, n * (1 + p + p * (p + 1) // 2)), -(-k // _workers())))
+    chunks = [X[i : i + size] for i in range(0, k, size)]
+    with ThreadPoolExecutor(max_workers=_workers()) as pool:
+        fits = list(pool.map(lambda c: cox_fit(time, event, c, penalizer=penalizer, strata=strata), chunks))
     return CoxFit(
         np.concatenate([f.beta for f in fits]), np.concatenate([f.variance for f in fits]),
         np.concatenate([f.log_likelihood for f in fits]), np.concatenate([f.converged for f in fits]),
@@ -217,14 +227,17 @@ def concordance(time: np.ndarray, event: np.ndarray, scores: np.ndarray) -> np.n
     pairs = int(above[kappa[event]].sum())
     if pairs == 0:
         return out
-    for row, s in enumerate(scores):
+    def one(s: np.ndarray) -> float:
         r = np.unique(s, return_inverse=True)[1].ravel().astype(np.int64)
         n_r = int(r.max()) + 1
         if n_kappa * n_r <= HISTOGRAM_CELLS:
             greater, ties = _concordant_by_histogram(kappa, r, event, n_kappa, n_r)
         else:
             greater, ties = _concordant_by_prefix(kappa, r, event)
-        out[row] = (greater + 0.5 * ties) / pairs
+        return (greater + 0.5 * ties) / pairs
+
+    with ThreadPoolExecutor(max_workers=_workers()) as pool:
+        out[:] = list(pool.map(one, scores))
     return out
 
 
