@@ -72,3 +72,15 @@ def test_json_output_and_unknown_metric():
     assert all(q >= p for q, p in zip(qs, [r["p_value"] for r in data["aha"]["grid"]], strict=True))
     missing = RUNNER.invoke(app, ["validate", "report_shared.cnt", *ARGS])
     assert missing.exit_code == 2 and "report_shared.count" in missing.stderr
+
+
+def test_calendar_landmark_measures_lead_times():
+    from datetime import datetime
+
+    settings = Settings(accounts=str(SAMPLE / "accounts.csv"), usage=str(SAMPLE / "events.csv"),
+                        landmark=datetime(2024, 10, 1))
+    report = validate_metric(settings, "report_shared.count", windows=(30.0,))
+    rows = report.leading["rows"]
+    assert [r["lead_days"] for r in rows] == [0.0, 30.0, 60.0]
+    assert all(0 <= r["concordance"] <= 1 for r in rows)
+    assert report.stability["overall"]["accounts"] == report.candidate.churn.n_accounts
