@@ -17,7 +17,7 @@ from nsm_cli.candidates import CandidateSet, build_event_candidates, build_perio
 from nsm_cli.config import Settings
 from nsm_cli.errors import DataWarning, InputError, InsufficientDataError
 from nsm_cli.evidence import OutcomeData, gather_evidence, segment_design
-from nsm_cli.load import Table, find_column, read_table
+from nsm_cli.load import read_table
 from nsm_cli.outcomes import Cohort, build_cohort
 from nsm_cli.ranking import CandidateFacts, Split, find_threshold, holdout_split, outcome_stats, rank_candidates
 from nsm_cli.results import DataSummary, Report
@@ -61,8 +61,8 @@ def _load_inputs(settings: Settings) -> Inputs:
     if accounts.height == 0:
         raise InsufficientDataError(f"no usable account rows (excluded: {dict(problems.excluded) or 'none'})",
                                     file=accounts_table.name)
-    has_churn = accounts["churn"].null_count() < accounts.height or "churn_date" in _roles(accounts_table, settings)
-    has_exp = "expansion_date" in _roles(accounts_table, settings)
+    roles = next(f.columns for f in problems.files if f.role == "accounts")  # as clean_accounts mapped them
+    has_churn, has_exp = "churn_date" in roles, "expansion_date" in roles
     usage_table = read_table(settings.usage, what="usage") if settings.usage else None
     usage = clean_usage(usage_table, settings, problems) if usage_table else None
     mrr = clean_mrr(read_table(settings.mrr, what="MRR"), settings, problems) if settings.mrr else None
@@ -76,14 +76,6 @@ def _load_inputs(settings: Settings) -> Inputs:
         mrr = mrr.filter(pl.col("account_id").is_in(accounts["account_id"].implode()) & (pl.col("ts") <= as_of))
     return Inputs(accounts.drop("__line", "__file", strict=False), usage, mrr, as_of, segments, in_file,
                   has_churn, has_exp, problems)
-
-
-def _roles(table: Table, settings: Settings) -> set[str]:
-    found = set()
-    for role in ("churn_date", "expansion_date"):
-        if find_column(table, role, override=settings.columns.get(role), required=False):
-            found.add(role)
-    return found
 
 
 def _outcomes(cohort: Cohort, horizon: float) -> tuple[OutcomeData, OutcomeData | None]:

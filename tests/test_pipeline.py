@@ -188,3 +188,12 @@ def test_wide_periodic_table_ranks_the_driver_first(small, tmp_path):
     assert report.data.usage_kind == "wide"
     assert report.candidates[0].source == "report_shared"
     assert {c.aggregation for c in report.candidates} <= {"sum", "mean", "active_periods"}
+
+
+def test_churn_derived_from_mrr_matches_the_churn_dates(small, tmp_path):
+    pl.read_csv(small / "accounts.csv").drop("churn_date").write_csv(tmp_path / "accounts.csv")
+    derived = _run(small, small / "events.csv", accounts_path=tmp_path / "accounts.csv")
+    given = _run(small, small / "events.csv")
+    assert derived.data.churn_events == given.data.churn_events
+    assert derived.data.excluded == given.data.excluded
+    assert _essentials(derived) == _essentials(given)
