@@ -297,7 +297,7 @@ def _trend(rows: list[dict[str, Any]], overall: float) -> dict[str, Any]:
     xm, ym = (w * xi).sum() / w.sum(), (w * y).sum() / w.sum()
     sxx = (w * (xi - xm) ** 2).sum()
     slope = float((w * (xi - xm) * (y - ym)).sum() / sxx)
-    p = float(2 * stats.sps.norm.sf(abs(slope) * np.sqrt(sxx)))
+    p = float(2 * stats.normal_sf(abs(slope) * np.sqrt(sxx)))
     return {"slope_log_hr_per_cohort": slope, "p_value": p, "decaying": bool(slope * overall < 0 and p < ALPHA)}
 
 

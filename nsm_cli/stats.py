@@ -17,9 +17,15 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats as sps
+import polars as pl
+from scipy import special
 
-Z_95 = float(sps.norm.ppf(0.975))
+Z_95 = float(special.ndtri(0.975))
+
+
+def normal_sf(z: np.ndarray | float) -> np.ndarray:
+    """Upper tail of the standard normal (scipy.special; scipy.stats is slow to import)."""
+    return special.ndtr(-np.asarray(z, dtype=float))
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,7 +45,7 @@ class CoxFit:
     @property
     def p_value(self) -> np.ndarray:
         with np.errstate(divide="ignore", invalid="ignore"):
-            return np.where(np.isinf(self.se), 1.0, 2 * sps.norm.sf(np.abs(self.beta / self.se)))
+            return np.where(np.isinf(self.se), 1.0, 2 * normal_sf(np.abs(self.beta / self.se)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -382,7 +388,7 @@ def logrank_masks(masks: np.ndarray, index: TimeIndex) -> tuple[np.ndarray, np.n
         expected = (n1 * d / n).sum(axis=0)
         var = np.where(n > 1, n1 * (n - n1) * d * (n - d) / (n**2 * (n - 1)), 0.0).sum(axis=0)
         z = (d1.sum(axis=0) - expected) / np.sqrt(var)
-    return z, 2 * sps.norm.sf(np.abs(z))
+    return z, 2 * normal_sf(np.abs(z))
 
 
 @dataclass(frozen=True, slots=True)
@@ -413,7 +419,7 @@ def logrank(time: np.ndarray, event: np.ndarray, group: np.ndarray, *, index: Ti
     cov[np.diag_indices(k)] += np.einsum("t,t,tj->j", scale, n_tot, at_risk)
     u, v = diff[:-1], cov[:-1, :-1]
     stat = float(u @ np.linalg.pinv(v) @ u)
-    return LogRank(stat, float(sps.chi2.sf(stat, k - 1)), k - 1)
+    return LogRank(stat, float(special.chdtrc(k - 1, stat)), k - 1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -454,17 +460,18 @@ def schoenfeld_test(time: np.ndarray, event: np.ndarray, x: np.ndarray) -> PHTes
     ranks = np.arange(1, n_events + 1, dtype=float)
     g = ranks - ranks.mean()
     stat = float((g * scaled).sum() ** 2 / (n_events * var * (g**2).sum()))
-    return PHTest(stat, float(sps.chi2.sf(stat, 1)), len(time), n_events)
+    return PHTest(stat, float(special.chdtrc(1, stat)), len(time), n_events)
 
 
 def rank_columns(a: np.ndarray) -> np.ndarray:
     """Average ranks of each column of a (n, k) matrix."""
-    return sps.rankdata(a, axis=0)
+    frame = pl.DataFrame(np.asarray(a, dtype=float), schema=[f"c{i}" for i in range(a.shape[1])], orient="row")
+    return frame.select(pl.all().rank("average")).to_numpy().astype(float)
 
 
 def spearman_with(ranked: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Spearman correlation of each column (already ranked by `rank_columns`) with y."""
-    ry = sps.rankdata(y)
+    ry = pl.Series(np.asarray(y, dtype=float)).rank("average").to_numpy().astype(float)
     return _pearson_columns(ranked, ry)
 
 
