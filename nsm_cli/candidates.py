@@ -83,7 +83,7 @@ def _event_aggs(usage: Usage, window_days: float) -> list[pl.Expr]:
     return aggs
 
 
-def _fill(aggregation: str, window_days: float) -> float:
+def _fill_value(aggregation: str, window_days: float) -> float:
     return window_days + 1 if aggregation == "days_to_first" else 0.0
 
 
@@ -97,36 +97,40 @@ def windowed_events(usage: Usage, cohort: pl.DataFrame) -> pl.LazyFrame:
     )
 
 
-def _long_from_events(usage: Usage, events: pl.LazyFrame, window_days: float) -> pl.LazyFrame:
+def _event_tables(usage: Usage, events: pl.LazyFrame, window_days: float,
+                  mapping: dict[str, str]) -> tuple[pl.DataFrame, list[str]]:
+    """One row per account with usage: `<event slug>.<aggregation>` and `any.<aggregation>` columns.
+
+    Aggregated per (account, event) and per account, then pivoted on the event (a small frame: one
+    row per account and event), never through a long (account x candidate) table."""
     aggs = _event_aggs(usage, window_days)
     names = [a.meta.output_name() for a in aggs]
+    per_user = [pl.when(pl.col("users") > 0).then(pl.col("count") / pl.col("users")).alias("per_user")]
     per_event = events.group_by(ID, "event").agg(aggs).with_columns(pl.col("event").cast(pl.String))
-    overall = events.group_by(ID).agg(aggs).with_columns(pl.lit("any").alias("event"))
-    both = pl.concat([per_event, overall.select(per_event.collect_schema().names())])
+    overall = events.group_by(ID).agg(aggs)
     if usage.has_user:
-        both = both.with_columns(per_user=pl.when(pl.col("users") > 0).then(pl.col("count") / pl.col("users")))
+        per_event, overall = per_event.with_columns(per_user), overall.with_columns(per_user)
         names.append("per_user")
-    return both.unpivot(index=[ID, "event"], on=names, variable_name="aggregation", value_name="value")
+    per_event, overall = pl.collect_all([per_event, overall])
+    wide = per_event.pivot(on="event", index=ID, values=names, aggregate_function="first")
+    present = per_event["event"].unique().to_list()
+    wide = wide.rename({(f"{v}_{e}" if len(names) > 1 else e): f"{mapping[e]}.{v}" for v in names for e in present})
+    overall = overall.rename({v: f"any.{v}" for v in names})
+    return overall.join(wide, on=ID, how="full", coalesce=True), names
 
 
 def build_event_candidates(usage: Usage, cohort: pl.DataFrame, settings: Settings) -> CandidateSet:
     events = windowed_events(usage, cohort).collect().lazy()  # materialised once, aggregated several ways
-    long = _long_from_events(usage, events, settings.window_days).collect()
     sources = sorted(set(usage.frame["event"].cast(pl.String).unique().to_list()))
     mapping, warnings = slugs_for(sources)
-    mapping["any"] = "any"
-    long = long.with_columns(
-        name=pl.col("event").replace_strict(mapping, return_dtype=pl.String) + "." + pl.col("aggregation")
-    )
-    candidates = [
-        Candidate(f"{mapping[src]}.{agg}", src, agg, "events")
-        for src in ["any", *sources]
-        for agg in long.filter(pl.col("event") == src)["aggregation"].unique(maintain_order=True).to_list()
-    ]
+    table, names = _event_tables(usage, events, settings.window_days, mapping)
+    candidates = [Candidate(f"{'any' if src == 'any' else mapping[src]}.{agg}", src, agg, "events")
+                  for src in ["any", *sources] for agg in names]
     candidates += [c for c in _config_candidates(settings.candidates) if c.origin == "config"]
-    frames = [long.select(ID, "name", "value")]
-    frames += [_config_metric(spec, usage, events, settings) for spec in settings.candidates if spec.ratio is None]
-    metrics = _wide(pl.concat(frames), cohort, candidates, settings.window_days)
+    for spec in settings.candidates:
+        if spec.ratio is None:
+            table = table.join(_config_metric(spec, usage, events, settings), on=ID, how="full", coalesce=True)
+    metrics = _fill(cohort, table, candidates, settings.window_days)
     metrics, candidates = _add_ratios(metrics, candidates, settings.candidates)
     return _finish(metrics, candidates, warnings, settings.window_days)
 
@@ -154,22 +158,25 @@ def _config_metric(spec: CandidateSpec, usage: Usage, events: pl.LazyFrame, sett
     else:
         raise UsageError(f"candidate {spec.name}: aggregation {spec.aggregation!r} needs a column the usage "
                          "data does not have (users/per_user need user_id, sum needs value)")
-    return chosen.group_by(ID).agg(expr.cast(pl.Float64).alias("value")).with_columns(
-        name=pl.lit(spec.name)).select(ID, "name", "value").collect()
+    return chosen.group_by(ID).agg(expr.cast(pl.Float64).alias(spec.name)).collect()
 
 
 def _wide(long: pl.DataFrame, cohort: pl.DataFrame, candidates: list[Candidate], window_days: float) -> pl.DataFrame:
     """Pivot (account, name, value) to one column per candidate over every cohort account."""
-    names = [c.name for c in candidates]
     pivot = long.pivot(on="name", index=ID, values="value", aggregate_function="first") if long.height else (
         pl.DataFrame({ID: []}, schema={ID: pl.String}))
-    base = cohort.select(ID).join(pivot, on=ID, how="left", maintain_order="left")
+    return _fill(cohort, pivot, candidates, window_days)
+
+
+def _fill(cohort: pl.DataFrame, table: pl.DataFrame, candidates: list[Candidate], window_days: float) -> pl.DataFrame:
+    """Every cohort account, in cohort order, one Float64 column per candidate; no usage = the fill value."""
+    base = cohort.select(ID).join(table, on=ID, how="left", maintain_order="left")
     fills = [
         (pl.col(c.name) if c.name in base.columns else pl.lit(None)).cast(pl.Float64)
-        .fill_null(_fill(c.aggregation, window_days)).alias(c.name)
+        .fill_null(_fill_value(c.aggregation, window_days)).alias(c.name)
         for c in candidates
     ]
-    return base.select(pl.col(ID), *fills) if names else base.select(ID)
+    return base.select(pl.col(ID), *fills)
 
 
 def _add_ratios(metrics: pl.DataFrame, candidates: list[Candidate], specs: tuple[CandidateSpec, ...]):

@@ -218,12 +218,14 @@ def text(column: str) -> pl.Expr:
 
 
 def detect_date_formats(frame: pl.LazyFrame, column: str) -> tuple[str, ...]:
-    """The fewest formats (from _DATE_FORMATS) that parse the first 10,000 non-null values of `column`.
+    """The fewest formats (from _DATE_FORMATS) that parse the first 10,000 non-null values of `column`
+    (looked for in its first 100,000 rows).
 
     Greedy cover: take the format that parses most of the remaining sample, repeat. Values that no
     format parses are left for `validate` to count and report.
     """
-    sample = frame.select(text(column).alias("v")).drop_nulls().head(10_000).collect().to_series()
+    # slice first, so the scan stops early; then keep up to 10,000 non-null values
+    sample = frame.head(100_000).select(text(column).alias("v")).drop_nulls().head(10_000).collect().to_series()
     if sample.dtype != pl.String:
         return ()
     chosen: list[str] = []
