@@ -124,8 +124,8 @@ def build_event_candidates(usage: Usage, cohort: pl.DataFrame, settings: Setting
     sources = sorted(set(usage.frame["event"].cast(pl.String).unique().to_list()))
     mapping, warnings = slugs_for(sources)
     table, names = _event_tables(usage, events, settings.window_days, mapping)
-    candidates = [Candidate(f"{'any' if src == 'any' else mapping[src]}.{agg}", src, agg, "events")
-                  for src in ["any", *sources] for agg in names]
+    candidates = [Candidate(f"any.{agg}", "any", agg, "events") for agg in names]  # all events together
+    candidates += [Candidate(f"{mapping[src]}.{agg}", src, agg, "events") for src in sources for agg in names]
     candidates += [c for c in _config_candidates(settings.candidates) if c.origin == "config"]
     for spec in settings.candidates:
         if spec.ratio is None:

@@ -106,3 +106,14 @@ def test_wide_table_sum_mean_active_periods(monkeypatch):
     assert m["messages.sum"].to_list() == [3.0, 5.0, 0.0]
     assert m["messages.mean"].to_list() == [1.5, 5.0, 0.0]
     assert m["messages.active_periods"].to_list() == [1.0, 1.0, 0.0]
+
+
+def test_an_event_called_any_does_not_clash_with_all_events(monkeypatch):
+    monkeypatch.setattr("nsm_cli.candidates.MIN_ACCOUNTS_WITH", 0)
+    monkeypatch.setattr("nsm_cli.candidates.MIN_SHARE_WITH", 0)
+    events = EVENTS.with_columns(pl.col("event").replace({"login": "any"}))
+    s = Settings(accounts="x", window_days=30)
+    cs = build_event_candidates(Usage("events", events, has_user=True), _cohort(["a", "b", "c"]), s)
+    m = cs.metrics.sort("account_id")
+    assert m["any.count"].to_list() == [4.0, 1.0, 0.0]  # every event
+    assert m["any_2.count"].to_list() == [1.0, 1.0, 0.0]  # the event named "any"
