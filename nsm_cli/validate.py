@@ -242,7 +242,8 @@ def clean_events(table: Table, settings: Settings, problems: Problems) -> Usage:
     flags = [(pl.col("__has_ts") & pl.col("ts").is_null()).alias("__bad_ts")]
     if value_col:
         flags.append((pl.col("__has_value") & pl.col("value").is_null()).alias("__bad_value"))
-    frame = table.frame.select(exprs).with_columns(flags).drop("__has_ts", "__has_value", strict=False).collect()
+    frame = table.frame.select(exprs).with_columns(flags).drop("__has_ts", "__has_value", strict=False).collect(
+        engine="streaming")
     check_dates(frame, table, ts_col, formats, present=pl.col("ts").is_not_null() | pl.col("__bad_ts"),
                 bad=pl.col("__bad_ts"), problems=problems)
     mapping = {ID: id_col, "timestamp": ts_col, "event": ev_col, "user_id": user_col, "value": value_col}
