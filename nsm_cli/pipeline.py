@@ -15,7 +15,7 @@ import polars as pl
 from nsm_cli import __version__, stats
 from nsm_cli.candidates import CandidateSet, build_event_candidates, build_periodic_candidates, coverage
 from nsm_cli.config import Settings
-from nsm_cli.errors import DataWarning, InputError, InsufficientDataError
+from nsm_cli.errors import InputError, InsufficientDataError
 from nsm_cli.evidence import OutcomeData, gather_evidence, segment_design
 from nsm_cli.load import read_table
 from nsm_cli.outcomes import Cohort, build_cohort
@@ -228,4 +228,4 @@ def _summary(inputs: Inputs, cohort: Cohort, cands: CandidateSet, churn: Outcome
     )
 
 
-__all__ = ["analyze", "load_inputs", "Inputs", "DataWarning"]
+__all__ = ["analyze", "load_inputs", "prepare", "rank_prepared", "Inputs", "Prepared"]
