@@ -137,9 +137,9 @@ def _km_block(c: CandidateResult, x: np.ndarray, base: Prepared, settings: Setti
     curves = []
     for label, mask in ((f">= {threshold:g}", x >= threshold), (f"< {threshold:g}", x < threshold)):
         km = stats.kaplan_meier(t[mask], e[mask])
-        ci = [km.ci_at(g) for g in grid]
+        low, high = km.ci_at_times(grid)
         curves.append({"label": f"{c.name} {label} ({mask.mean():.0%} of accounts)", "times": grid.tolist(),
-                       "survival": [km.at(g) for g in grid], "low": [a for a, _ in ci], "high": [b for _, b in ci]})
+                       "survival": km.at_times(grid).tolist(), "low": low.tolist(), "high": high.tolist()})
     png = charts.km_chart(f"Retention of accounts above vs below {threshold:g} {c.name}", curves,
                           settings.horizon_days)
     return Block("image", text=f"Retention curves for {c.name} above and below {threshold:g}",

@@ -21,7 +21,7 @@ from nsm_cli.config import Settings
 from nsm_cli.errors import UsageError
 from nsm_cli.evidence import OutcomeData, segment_design, standardise
 from nsm_cli.pipeline import Prepared, build_candidates, load_inputs, prepare, rank_prepared
-from nsm_cli.ranking import ALPHA, MIN_SIDE_SHARE, holdout_split
+from nsm_cli.ranking import ALPHA, Split, holdout_split, threshold_grid
 from nsm_cli.results import CandidateResult, clean
 
 RETENTION_DAYS = (30, 90, 180, 365)
@@ -150,23 +150,19 @@ def dose_response(x: np.ndarray, outcome: OutcomeData, *, sign: float) -> dict[s
 
 def _curve(km: stats.KaplanMeier, points: int = 60) -> list[list[float]]:
     grid = np.linspace(0, RMST_DAYS, points)
-    return [[float(t), km.at(t)] for t in grid]
+    return np.column_stack([grid, km.at_times(grid)]).tolist()
 
 
 # ---- aha threshold ---------------------------------------------------------------------------
 
-def _threshold_grid(values: np.ndarray) -> np.ndarray:
-    grid = np.unique(np.quantile(values, np.linspace(0.05, 0.95, 19), method="higher"))
-    share = (values[:, None] >= grid[None, :]).mean(axis=0)
-    return grid[(share >= MIN_SIDE_SHARE) & (share <= 1 - MIN_SIDE_SHARE)]
+SCAN_QUANTILES = np.linspace(0.05, 0.95, 19)
 
 
-def _cells(values: np.ndarray, outcome: OutcomeData, grid: np.ndarray, horizon: float) -> dict[str, np.ndarray]:
+def _cells(values: np.ndarray, index: stats.TimeIndex, grid: np.ndarray, horizon: float) -> dict[str, np.ndarray]:
     above = values[:, None] >= grid[None, :]
-    idx = stats.TimeIndex.of(outcome.time, outcome.event)
-    surv = stats.km_at_masks(None, None, np.hstack([above, ~above]), horizon, index=idx)
+    surv = stats.km_at_masks(None, None, np.hstack([above, ~above]), horizon, index=index)
     ret_above, ret_below = surv[: len(grid)], surv[len(grid):]
-    p = np.array([stats.logrank(None, None, above[:, j], index=idx).p_value for j in range(len(grid))])
+    _, p = stats.logrank_masks(above, index)
     with np.errstate(divide="ignore", invalid="ignore"):
         lift = ret_above / ret_below
     return {"reach": above.mean(axis=0), "retention_above": ret_above, "retention_below": ret_below,
@@ -176,7 +172,7 @@ def _cells(values: np.ndarray, outcome: OutcomeData, grid: np.ndarray, horizon: 
 def _best(values: np.ndarray, outcome: OutcomeData, rows: np.ndarray, sign: float) -> float | None:
     """The cut with the largest log-rank statistic in the expected direction, on `rows` only."""
     v = values[rows]
-    grid = _threshold_grid(v)
+    grid = threshold_grid(v, SCAN_QUANTILES)
     if len(grid) == 0:
         return None
     z, _ = stats.logrank_masks(v[:, None] >= grid[None, :], stats.TimeIndex.of(outcome.time[rows],
@@ -192,39 +188,32 @@ def aha_scan(metric: str, by_window: dict[float, Prepared], settings: Settings, 
         if metric not in prep.candidates.metrics.columns:
             continue
         values = prep.metric(metric)
-        ids = prep.cohort.frame["account_id"].to_numpy()
-        train = holdout_split(ids, settings.seed)
-        grid = _threshold_grid(values[train])
+        split = Split.of(prep.churn, holdout_split(prep.cohort.frame["account_id"].to_numpy(), settings.seed))
+        grid = threshold_grid(values[split.train], SCAN_QUANTILES)
         if len(grid) == 0:
             continue
-        cells = _cells(values, prep.churn, grid, horizon)
-        train_z, _ = stats.logrank_masks(values[train][:, None] >= grid[None, :],
-                                         stats.TimeIndex.of(prep.churn.time[train], prep.churn.event[train]))
+        cells = _cells(values, split.full, grid, horizon)
+        train_z, _ = stats.logrank_masks(values[split.train][:, None] >= grid[None, :], split.train_index)
         for j, t in enumerate(grid):
             rows.append({"window_days": window, "threshold": float(t), **{k: float(v[j]) for k, v in cells.items()}})
-            choices.append((float(np.nan_to_num(-sign * train_z[j], nan=-np.inf)), len(rows) - 1, window, values,
-                            prep.churn, train))
+            choices.append((float(np.nan_to_num(-sign * train_z[j], nan=-np.inf)), len(rows) - 1, values, split))
     if not rows:
         return {"grid": [], "best": None, "sentence": "no threshold splits the accounts into two groups of >= 10%"}
     q = stats.bh_qvalues(np.array([r["p_value"] for r in rows]))
     for r, qv in zip(rows, q, strict=True):
         r["q_value"] = float(qv)
-    _, best_i, window, values, outcome, train = max(choices, key=lambda c: (c[0], -c[1]))
+    _, best_i, values, split = max(choices, key=lambda c: (c[0], -c[1]))
     best = dict(rows[best_i])
-    hold = _subset(outcome, ~train)
+    train = split.train
     hold_above = values[~train] >= best["threshold"]
-    hold_surv = stats.km_at_masks(hold.time, hold.event, np.stack([hold_above, ~hold_above], 1), horizon)
-    hold_p = stats.logrank(hold.time, hold.event, hold_above).p_value
+    hold_surv = stats.km_at_masks(None, None, np.stack([hold_above, ~hold_above], 1), horizon,
+                                  index=split.holdout_index)
+    hold_p = stats.logrank(None, None, hold_above, index=split.holdout_index).p_value
     best.update(holdout_retention_above=float(hold_surv[0]), holdout_retention_below=float(hold_surv[1]),
                 holdout_p_value=hold_p,
                 holdout_confirmed=bool(sign * (hold_surv[0] - hold_surv[1]) > 0 and hold_p < ALPHA))
-    best["ci_low"], best["ci_high"] = _bootstrap_threshold(values, outcome, train, sign, settings.seed)
+    best["ci_low"], best["ci_high"] = _bootstrap_threshold(values, split.outcome, train, sign, settings.seed)
     return {"grid": rows, "best": best, "sentence": _sentence(metric, best, horizon, sign)}
-
-
-def _subset(outcome: OutcomeData, mask: np.ndarray) -> OutcomeData:
-    return OutcomeData(outcome.name, np.arange(int(mask.sum())), outcome.time[mask], outcome.event[mask],
-                       outcome.spearman_target[mask], outcome.spearman_target_name)
 
 
 def _bootstrap_threshold(values, outcome, train, sign, seed) -> tuple[float | None, float | None]:

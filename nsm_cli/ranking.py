@@ -73,6 +73,17 @@ class Split:
                    stats.TimeIndex.of(t[~train], e[~train]))
 
 
+def threshold_grid(values: np.ndarray, quantiles: np.ndarray) -> np.ndarray:
+    """Candidate cuts t (from the quantiles of `values`) that leave >= 10% of accounts on each side of
+    'metric >= t'."""
+    grid = np.unique(np.quantile(values, quantiles, method="higher"))
+    share = (values[:, None] >= grid[None, :]).mean(axis=0)
+    return grid[(share >= MIN_SIDE_SHARE) & (share <= 1 - MIN_SIDE_SHARE)]
+
+
+RANK_QUANTILES = np.linspace(0.1, 0.9, 17)
+
+
 def find_threshold(values: np.ndarray, split: Split, horizon: float) -> Threshold | None:
     """Best 'metric >= t' split, confirmed on the holdout.
 
@@ -84,9 +95,7 @@ def find_threshold(values: np.ndarray, split: Split, horizon: float) -> Threshol
     tv = values[train]
     if len(tv) < 20 or (~train).sum() < 20:
         return None
-    grid = np.unique(np.quantile(tv, np.linspace(0.1, 0.9, 17), method="higher"))
-    share = (tv[:, None] >= grid[None, :]).mean(axis=0)
-    grid = grid[(share >= MIN_SIDE_SHARE) & (share <= 1 - MIN_SIDE_SHARE)]
+    grid = threshold_grid(tv, RANK_QUANTILES)
     if len(grid) == 0:
         return None
     above = tv[:, None] >= grid[None, :]

@@ -292,20 +292,25 @@ class KaplanMeier:
 
     def at(self, t: float) -> float:
         """S(t) = P(T > t), a right-continuous step function; 1 before the first time."""
-        i = np.searchsorted(self.times, t, side="right") - 1
-        return float(self.survival[i]) if i >= 0 else 1.0
+        return float(self.at_times(np.array([t]))[0])
 
     def ci_at(self, t: float) -> tuple[float, float]:
         """95% CI of S(t) on the log(-log) scale, as lifelines computes it."""
-        i = np.searchsorted(self.times, t, side="right") - 1
-        if i < 0:
-            return (1.0, 1.0)
-        s, v = float(self.survival[i]), float(self.greenwood[i])
-        if s <= 0 or s >= 1:
-            return (s, s)
-        half = Z_95 * np.sqrt(v) / np.log(s)
-        return (float(s ** np.exp(-half)), float(s ** np.exp(half)))
+        low, high = self.ci_at_times(np.array([t]))
+        return float(low[0]), float(high[0])
 
+    def at_times(self, t: np.ndarray) -> np.ndarray:
+        i = np.searchsorted(self.times, t, side="right") - 1
+        return np.where(i >= 0, self.survival[np.maximum(i, 0)] if len(self.times) else 1.0, 1.0)
+
+    def ci_at_times(self, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        i = np.searchsorted(self.times, t, side="right") - 1
+        s = self.at_times(t)
+        v = np.where(i >= 0, self.greenwood[np.maximum(i, 0)] if len(self.times) else 0.0, 0.0)
+        inside = (s > 0) & (s < 1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            half = np.where(inside, Z_95 * np.sqrt(v) / np.log(np.where(inside, s, 0.5)), 0.0)
+        return np.where(inside, s ** np.exp(-half), s), np.where(inside, s ** np.exp(half), s)
 
     def rmst(self, horizon: float) -> float:
         """Restricted mean survival time: the area under S(t) from 0 to `horizon` (days)."""
