@@ -50,22 +50,30 @@ class CoxFit:
 
 @dataclass(frozen=True, slots=True)
 class _RiskSets:
-    """Time structure shared by every Cox fit on the same (time, event, strata)."""
+    """Time structure shared by every Cox fit on the same (time, event, strata).
 
-    order: np.ndarray  # accounts sorted by (stratum, time)
-    block_starts: np.ndarray  # sorted positions where a new (stratum, time) block begins
+    Accounts are sorted by (stratum, time), events first within each (stratum, time) block, so
+    one reduce over "sub-blocks" (the events, then the censored, of each block) gives both the
+    deaths' sums and the block totals. Each block with events is one tie group for Efron.
+    """
+
+    order: np.ndarray  # accounts sorted by (stratum, time, censored)
+    sub_starts: np.ndarray  # sorted positions where a sub-block (events or censored of a block) begins
+    sub_block_starts: np.ndarray  # per block: index of its first sub-block
     block_next: np.ndarray  # per block: first block of the next stratum (n_blocks when none)
+    group_sub: np.ndarray  # per tie group: index of its sub-block of events
+    group_block: np.ndarray  # per tie group: its block
+    group_size: np.ndarray  # per tie group: number of tied events d
+    power_sums: np.ndarray  # (5, groups): sum of l**m over l = 0..d-1, m = 1..5
     event_pos: np.ndarray  # sorted positions of the events
-    event_block: np.ndarray  # per event: index of its block
-    group_starts: np.ndarray  # per tie group of events: index of its first event
     event_group: np.ndarray  # per event: index of its tie group
     efron_frac: np.ndarray  # per event: l / d within its tie group of d events
 
 
 def _risk_sets(time: np.ndarray, event: np.ndarray, strata: np.ndarray | None = None) -> _RiskSets:
     stratum = np.zeros(len(time), np.int64) if strata is None else np.asarray(strata)
-    order = np.lexsort((time, stratum))
-    t_sorted, s_sorted = time[order], stratum[order]
+    order = np.lexsort((~event, time, stratum))
+    t_sorted, s_sorted, e_sorted = time[order], stratum[order], event[order]
     new_block = np.r_[True, (t_sorted[1:] != t_sorted[:-1]) | (s_sorted[1:] != s_sorted[:-1])]
     block_starts = np.flatnonzero(new_block)
     block_of = np.cumsum(new_block) - 1
@@ -73,14 +81,19 @@ def _risk_sets(time: np.ndarray, event: np.ndarray, strata: np.ndarray | None = 
     first_of_stratum = np.flatnonzero(np.r_[True, block_stratum[1:] != block_stratum[:-1]])
     next_first = np.r_[first_of_stratum[1:], len(block_starts)]
     block_next = next_first[np.searchsorted(first_of_stratum, np.arange(len(block_starts)), side="right") - 1]
-    event_pos = np.flatnonzero(event[order])
-    ev_block = block_of[event_pos]
-    new_group = np.r_[True, ev_block[1:] != ev_block[:-1]] if len(ev_block) else np.zeros(0, bool)
-    group_starts = np.flatnonzero(new_group)
-    event_group = np.cumsum(new_group) - 1
-    sizes = np.diff(np.r_[group_starts, len(ev_block)])
-    frac = (np.arange(len(ev_block)) - group_starts[event_group]) / sizes[event_group]
-    return _RiskSets(order, block_starts, block_next, event_pos, ev_block, group_starts, event_group, frac)
+    sub_starts = np.flatnonzero(new_block | np.r_[False, e_sorted[1:] != e_sorted[:-1]])
+    sub_block = block_of[sub_starts]
+    sub_block_starts = np.flatnonzero(np.r_[True, sub_block[1:] != sub_block[:-1]])
+    group_sub = np.flatnonzero(e_sorted[sub_starts])
+    group_size = np.diff(np.r_[sub_starts, len(time)])[group_sub]
+    event_pos = np.flatnonzero(e_sorted)
+    group_starts = np.r_[0, np.cumsum(group_size)[:-1]].astype(np.int64) if len(group_size) else group_sub
+    event_group = np.repeat(np.arange(len(group_size)), group_size)
+    tied = (np.arange(len(event_pos)) - group_starts[event_group]).astype(float)  # l = 0..d-1 in each group
+    powers = np.array([np.bincount(event_group, weights=tied**m, minlength=len(group_size)) for m in range(1, 6)])
+    return _RiskSets(order, sub_starts, sub_block_starts, block_next, group_sub, sub_block[group_sub], group_size,
+                     powers.reshape(5, len(group_size)), event_pos, event_group,
+                     tied / np.maximum(group_size[event_group], 1))
 
 
 def _revcumsum(a: np.ndarray, axis: int = 1) -> np.ndarray:
@@ -88,38 +101,88 @@ def _revcumsum(a: np.ndarray, axis: int = 1) -> np.ndarray:
 
 
 def _features(X: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """[1, x_1..x_p, x_i x_j (i <= j)] per account: (k, n, 1 + p + p(p+1)/2), plus the triangle indices."""
-    p = X.shape[2]
+    """[1, x_1..x_p, x_i x_j (i <= j)] per account for X (k, p, n): (k, 1 + p + p(p+1)/2, n), plus the
+    triangle indices."""
+    k, p, n = X.shape
     iu, ju = np.triu_indices(p)
-    feats = np.concatenate([np.ones(X.shape[:2] + (1,)), X, X[..., iu] * X[..., ju]], axis=2)
+    feats = np.concatenate([np.ones((k, 1, n)), X, X[:, iu] * X[:, ju]], axis=1)
     return feats, iu, ju
 
 
-def _efron_terms(rs: _RiskSets, X: np.ndarray, feats: np.ndarray, tri: tuple[np.ndarray, np.ndarray],
-                 beta: np.ndarray):
-    """Log-likelihood (k,), gradient (k, p), Hessian (k, p, p) at beta for time-sorted X (k, n, p).
+SERIES_BELOW = 1e-3  # Efron sums by power series when the tied deaths weigh under this share of the risk set
 
-    Risk-set sums of w, w x and w x x' come from one reduce over time blocks of w * features;
-    Efron's correction subtracts l/d of the tied deaths' sums for the l-th of d tied events.
+
+def _efron_sums(u: np.ndarray, d: np.ndarray, powers: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """sum over l = 0..d-1 of log(1 - l u), 1 / (1 - l u) and 1 / (1 - l u)**2, for u (k, G) and d (G,).
+
+    Closed forms through log-gamma, digamma and trigamma (with a = 1/u: sum 1/(a - l) =
+    psi(a + 1) - psi(a - d + 1)); when d u is small those differences cancel, and a power series
+    in u (terms to u**5, exact to ~(d u)**6) is used instead.
     """
-    p = X.shape[2]
-    iu, ju = tri
-    eta = np.einsum("knp,kp->kn", X, beta)
-    shift = eta.max(axis=1, keepdims=True)
-    weighted = np.exp(eta - shift)[..., None] * feats
-    ev = rs.event_pos
-    cum = _revcumsum(np.add.reduceat(weighted, rs.block_starts, axis=1))
+    small = u * d <= SERIES_BELOW
+    us = np.where(small, u, 0.0)[..., None] ** np.arange(1, 6)  # (k, G, 5)
+    weighted = us * powers.T  # S_m u**m
+    m = np.arange(1, 6)
+    log_s = -(weighted / m).sum(-1)
+    inv_s = d + weighted.sum(-1)
+    inv2_s = d + (weighted * (m + 1)).sum(-1)
+    a = 1.0 / np.where(small, 1.0, u)
+    low = np.maximum(a - d + 1, 1e-300)
+    with np.errstate(invalid="ignore", over="ignore"):
+        log_g = special.gammaln(a + 1) - special.gammaln(low) - d * np.log(a)
+        inv_g = a * (special.psi(a + 1) - special.psi(low))
+        inv2_g = a * a * (special.zeta(2, low) - special.zeta(2, a + 1))
+    return np.where(small, log_s, log_g), np.where(small, inv_s, inv_g), np.where(small, inv2_s, inv2_g)
+
+
+def _group_sums(rs: _RiskSets, a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per tie group, the risk set's and the tied deaths' sums of time-sorted `a` (k, F, n): (k, G, F) each."""
+    sub = np.add.reduceat(a, rs.sub_starts, axis=2).transpose(0, 2, 1)
+    cum = _revcumsum(np.add.reduceat(sub, rs.sub_block_starts, axis=1))
     cum = np.concatenate([cum, np.zeros_like(cum[:, :1])], axis=1)  # block n_blocks: an empty stratum end
-    risk = (cum[:, rs.event_block] - cum[:, rs.block_next[rs.event_block]])
-    deaths = np.add.reduceat(weighted[:, ev], rs.group_starts, axis=1)[:, rs.event_group]
-    phi = risk - rs.efron_frac[None, :, None] * deaths
-    phi0 = phi[..., 0]
+    return cum[:, rs.group_block] - cum[:, rs.block_next[rs.group_block]], sub[:, rs.group_sub]
+
+
+def _efron_terms(rs: _RiskSets, X: np.ndarray, feats: np.ndarray, tri: tuple[np.ndarray, np.ndarray],
+                 beta: np.ndarray, x_events: np.ndarray, work: tuple[np.ndarray, np.ndarray]):
+    """Log-likelihood (k,), gradient (k, p), Hessian (k, p, p) at beta for time-sorted X (k, p, n).
+
+    Risk-set sums R of w, w x and w x x' come from one reduce over sub-blocks of w * features;
+    for the l-th of d tied deaths (sums D) Efron's denominator is R - (l/d) D. Per tie group,
+    (R_v - l D_v/d) / (R_0 - l D_0/d) = c_v + B_v / y_l with c = D / D_0, B = R - R_0 c and
+    y_l = R_0 - l D_0/d, so the sums over l need only sum log y_l, sum 1/y_l and sum 1/y_l**2
+    (`_efron_sums`): the cost is per group, not per event. `x_events` (k, p): sum of x over events.
+    `work`: buffers of at least (k, n) and (k, F, n), reused across calls (fresh arrays of this size
+    cost more in page faults than the arithmetic).
+    """
+    k, p, _n = X.shape
+    iu, ju = tri
+    eta, weighted = work[0][:k], work[1][:k]
+    if p == 1:
+        np.multiply(X[:, 0], beta, out=eta)
+    else:
+        np.einsum("kpn,kp->kn", X, beta, out=eta)
+    shift = eta.max(axis=1)
+    np.subtract(eta, shift[:, None], out=eta)
+    np.exp(eta, out=eta)
+    np.multiply(feats, eta[:, None], out=weighted)
+    risk, deaths = _group_sums(rs, weighted)
+    d = rs.group_size.astype(float)
+    r0, d0 = risk[..., 0], deaths[..., 0]
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        ratio1 = phi[..., 1 : 1 + p] / phi0[..., None]
-        ratio2 = phi[..., 1 + p :] / phi0[..., None]
-        ll = eta[:, ev].sum(axis=1) - (np.log(phi0) + shift).sum(axis=1)
-        grad = X[:, ev].sum(axis=1) - ratio1.sum(axis=1)
-        hess_tri = -(ratio2 - ratio1[..., iu] * ratio1[..., ju]).sum(axis=1)
+        log_sum, inv_sum, inv2_sum = _efron_sums(d0 / (d * r0), d, rs.power_sums)
+        h1, h2 = inv_sum / r0, inv2_sum / r0**2
+        c = np.where(d0[..., None] > 0, deaths / d0[..., None], 0.0)
+        b = risk - r0[..., None] * c
+        first = slice(1, 1 + p)
+        c1, b1, c2, b2 = c[..., first], b[..., first], c[..., 1 + p :], b[..., 1 + p :]
+        ratio1 = (d[:, None] * c1 + b1 * h1[..., None]).sum(axis=1)
+        ratio2 = (d[:, None] * c2 + b2 * h1[..., None]).sum(axis=1)
+        cross = (d[:, None] * c1[..., iu] * c1[..., ju] + (c1[..., iu] * b1[..., ju] + c1[..., ju] * b1[..., iu])
+                 * h1[..., None] + b1[..., iu] * b1[..., ju] * h2[..., None]).sum(axis=1)
+        ll = (x_events * beta).sum(axis=1) - (d * np.log(r0) + log_sum).sum(axis=1) - len(rs.event_pos) * shift
+        grad = x_events - ratio1
+        hess_tri = -(ratio2 - cross)
     hess = np.empty((X.shape[0], p, p))
     hess[:, iu, ju] = hess_tri
     hess[:, ju, iu] = hess_tri
@@ -140,18 +203,30 @@ def cox_fit(time: np.ndarray, event: np.ndarray, X: np.ndarray, *, penalizer: fl
     X = np.asarray(X, dtype=float)
     k, n, p = X.shape
     rs = _risk_sets(np.asarray(time, float), np.asarray(event, bool), strata)
-    Xs = X[:, rs.order]
+    Xs = np.ascontiguousarray(X.transpose(0, 2, 1)[:, :, rs.order])
+    Xs -= Xs.mean(axis=2, keepdims=True)  # the fit does not depend on location; sums lose less to rounding
     feats, iu, ju = _features(Xs)
+    work = (np.empty((k, n)), np.empty_like(feats))
     pen = penalizer * n
     eye = np.eye(p)
 
     def terms(idx: np.ndarray, b: np.ndarray):
         every = len(idx) == k
-        ll, g, h = _efron_terms(rs, Xs if every else Xs[idx], feats if every else feats[idx], (iu, ju), b)
+        ll, g, h = _efron_terms(rs, Xs if every else Xs[idx], feats if every else feats[idx], (iu, ju), b,
+                                x_events if every else x_events[idx], work)
         return ll - 0.5 * pen * (b**2).sum(1), g - pen * b, h - pen * eye
 
     beta = np.zeros((k, p))
+    x_events = Xs[:, :, rs.event_pos].sum(axis=2)
     ll, grad, hess = terms(np.arange(k), beta)
+    # A covariate constant within every risk set at every event has no information at any beta; its
+    # computed information is rounding noise, which Newton would follow. Zero it exactly instead.
+    uninformed = np.diagonal(-hess, axis1=1, axis2=2) <= 1e-9 * max(1, len(rs.event_pos)) * (Xs**2).mean(axis=2)
+    if uninformed.any():
+        Xs[uninformed] = 0.0
+        feats = _features(Xs)[0]
+        x_events = Xs[:, :, rs.event_pos].sum(axis=2)
+        ll, grad, hess = terms(np.arange(k), beta)
     done = np.zeros(k, bool)
     converged = np.zeros(k, bool)
     for _ in range(max_iter):
@@ -175,7 +250,7 @@ def cox_fit(time: np.ndarray, event: np.ndarray, X: np.ndarray, *, penalizer: fl
         converged[idx] = (moved < tol) | (np.abs(delta).max(axis=1) < tol)
         done[idx] = converged[idx] | (np.abs(beta[idx]).max(axis=1) > diverge_at) | (step < 1e-9)
     variance = np.linalg.pinv(-hess)
-    flat = np.diagonal(-hess, axis1=1, axis2=2) <= 1e-12 * max(1, n)  # a covariate with no information
+    flat = uninformed | (np.diagonal(-hess, axis1=1, axis2=2) <= 1e-12 * max(1, n))  # a covariate with no
     if flat.any():  # (zero variance among those at risk): no estimate, infinite uncertainty
         model, coef = np.nonzero(flat)
         variance[model, coef, coef] = np.inf
@@ -450,13 +525,9 @@ def schoenfeld_test(time: np.ndarray, event: np.ndarray, x: np.ndarray) -> PHTes
     rs = _risk_sets(time, event)
     xs = x[rs.order]
     w = np.exp(beta * xs - (beta * xs).max())
-    parts = []
-    for a in (w, w * xs):
-        cum = np.r_[_revcumsum(np.add.reduceat(a, rs.block_starts)[None])[0], 0.0]
-        risk = cum[rs.event_block] - cum[rs.block_next[rs.event_block]]
-        deaths = np.add.reduceat(a[rs.event_pos], rs.group_starts)[rs.event_group]
-        parts.append(risk - rs.efron_frac * deaths)
-    ratio = parts[1] / parts[0]
+    risk, deaths = _group_sums(rs, np.stack([w, w * xs])[None])
+    phi = risk[0, rs.event_group] - rs.efron_frac[:, None] * deaths[0, rs.event_group]
+    ratio = phi[:, 1] / phi[:, 0]
     sizes = np.bincount(rs.event_group)
     group_mean = np.bincount(rs.event_group, weights=ratio) / sizes
     resid = xs[rs.event_pos] - group_mean[rs.event_group]

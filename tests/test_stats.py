@@ -225,3 +225,45 @@ def test_zero_variance_column_has_no_evidence_and_does_not_disturb_the_batch():
     assert fit.beta[0, 0] == 0 and np.isinf(fit.se[0, 0]) and fit.p_value[0, 0] == 1.0
     ref = _lifelines_cox(t, e, x[:, None])
     assert fit.beta[1, 0] == pytest.approx(ref.params_.iloc[0], abs=TOL)
+
+
+@pytest.mark.parametrize("effect", [0.3, 3.0])
+def test_cox_with_large_tie_groups_matches_lifelines(effect):
+    """Hundreds of deaths per distinct time: Efron's sums are taken in closed form per tie group
+    (log-gamma/digamma, or a power series when the deaths weigh little in the risk set)."""
+    rng = np.random.default_rng(21)
+    n = 2000
+    x = rng.normal(size=n)
+    t = np.ceil(rng.exponential(scale=np.exp(-effect * x)) * 3).clip(max=6)  # six distinct times
+    e = rng.random(n) > 0.2
+    x = (x - x.mean()) / x.std(ddof=1)
+    fit = stats.cox_fit(t, e, x[None, :, None])
+    ref = _lifelines_cox(t, e, x[:, None])
+    assert fit.beta[0, 0] == pytest.approx(ref.params_.iloc[0], abs=TOL)
+    assert fit.se[0, 0] == pytest.approx(ref.standard_errors_.iloc[0], abs=TOL)
+    assert fit.log_likelihood[0] == pytest.approx(ref.log_likelihood_, rel=1e-9)
+
+
+def test_efron_sums_series_and_closed_form_agree_with_direct_sums():
+    d = np.array([1.0, 2.0, 7.0, 40.0, 300.0])
+    u = np.array([[1e-9, 1e-6, 1e-4, 2e-5, 1e-7],  # d u <= 1e-3: power series
+                  [0.4, 0.3, 0.1, 0.02, 0.003]])  # larger: log-gamma / digamma / trigamma
+    powers = np.array([[np.sum(np.arange(int(di)) ** m) for di in d] for m in range(1, 6)], dtype=float)
+    got = stats._efron_sums(u, d, powers)
+    for row in range(u.shape[0]):
+        for g, di in enumerate(d):
+            y = 1 - np.arange(int(di)) * u[row, g]
+            want = (np.log(y).sum(), (1 / y).sum(), (1 / y**2).sum())
+            for value, expected in zip(got, want, strict=True):
+                assert value[row, g] == pytest.approx(expected, rel=1e-12, abs=1e-15)
+
+
+def test_covariate_without_information_in_any_risk_set_has_no_evidence():
+    t, e, x = _data(14, n=300)
+    early = np.arange(len(t)) < 10
+    t[early], e[early] = t.min() / 2, False  # censored before the first death: never at risk of one
+    z = np.where(early, np.arange(len(t)) % 5, 0.0)
+    fit = stats.cox_fit(t, e, np.stack([z, x])[:, :, None])
+    assert fit.beta[0, 0] == 0 and np.isinf(fit.se[0, 0]) and fit.p_value[0, 0] == 1.0
+    ref = _lifelines_cox(t, e, x[:, None])
+    assert fit.beta[1, 0] == pytest.approx(ref.params_.iloc[0], abs=TOL)
