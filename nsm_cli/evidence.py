@@ -136,10 +136,10 @@ def _fit_univariate(time: np.ndarray, event: np.ndarray, x: np.ndarray) -> tuple
 
 
 def gather_evidence(outcome: OutcomeData, metrics: np.ndarray, segments: Segments | None, *,
-                    direction: float, ranked: np.ndarray | None = None) -> Evidence:
+                    direction: float, codes: np.ndarray | None = None) -> Evidence:
     """`direction` = +1 when longer time is good (churn), -1 when shorter is good (expansion).
 
-    `ranked` (the column ranks of `metrics`) is reused when the outcome covers every account."""
+    `codes`: `stats.dense_codes(metrics)`, when the caller already has them."""
     m = metrics[outcome.rows]
     t, e = outcome.time, outcome.event
     k = m.shape[1]
@@ -154,11 +154,11 @@ def gather_evidence(outcome: OutcomeData, metrics: np.ndarray, segments: Segment
     if segments is not None:
         r2 = explained_share(x, segments.explained_design()[outcome.rows])
         adjusted_beta, adjusted_p = _adjusted(t, e, x, segments, outcome.rows, (q < ADJUST_Q) & (r2 < COLLINEAR_R2))
-    if ranked is None or len(outcome.rows) != len(metrics):
-        ranked = stats.rank_columns(m)
+    codes = (stats.dense_codes(metrics) if codes is None else codes)[outcome.rows]
+    ranked = stats.average_ranks(codes)
     return Evidence(
         n_accounts=len(t), n_events=int(e.sum()),
-        concordance=stats.concordance(t, e, direction * m.T),
+        concordance=stats.concordance_of_codes(t, e, codes if direction > 0 else codes.max(axis=0) - codes),
         log_hr=fit.beta[:, 0], se=fit.se[:, 0], p_value=p, q_value=q,
         spearman=stats.spearman_with(ranked, outcome.spearman_target),
         penalized=penalized, adjusted_log_hr=adjusted_beta, adjusted_p_value=adjusted_p, segment_r2=r2,

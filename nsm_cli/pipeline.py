@@ -171,9 +171,10 @@ def _assess(inputs: Inputs, cohort: Cohort, cands: CandidateSet, churn: OutcomeD
     names = [c.name for c in cands.candidates]
     matrix = cands.metrics.select(names).to_numpy().astype(float)
     segments = segment_design(cohort.frame, inputs.segments) if inputs.segments else None
-    ranked = stats.rank_columns(matrix)
-    ev_churn = gather_evidence(churn, matrix, segments, direction=1.0, ranked=ranked)
-    ev_exp = gather_evidence(expansion, matrix, segments, direction=-1.0, ranked=ranked) if expansion else None
+    codes = stats.dense_codes(matrix)
+    ranked = stats.average_ranks(codes)
+    ev_churn = gather_evidence(churn, matrix, segments, direction=1.0, codes=codes)
+    ev_exp = gather_evidence(expansion, matrix, segments, direction=-1.0, codes=codes) if expansion else None
     train = holdout_split(cohort.frame["account_id"].to_numpy(), settings.seed)
     tenure = stats.spearman_with(ranked, cohort.frame["tenure_days"].to_numpy())
     signup_days = cohort.frame.select(pl.col("signup").dt.epoch("s")).to_series().to_numpy()

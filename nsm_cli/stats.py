@@ -285,7 +285,30 @@ def cox_fit_chunked(time: np.ndarray, event: np.ndarray, X: np.ndarray, *, penal
     )
 
 
-HISTOGRAM_CELLS = 4_000_000  # distinct (time order x score) cells up to which C uses a 2-D histogram
+HISTOGRAM_CELLS = 1_000_000  # distinct (time order x score) cells up to which C uses a 2-D histogram
+CHUNK_TABLE_CELLS = 1_000_000  # size of the (score chunk x time order) table of the chunked path
+MIN_CHUNK = 32
+
+
+def dense_codes(a: np.ndarray) -> np.ndarray:
+    """Per column of a (n, k): each value's dense rank from 0 (equal values, equal codes), int64."""
+    frame = pl.DataFrame({f"c{i}": np.asarray(a[:, i], dtype=float) for i in range(a.shape[1])})
+    return frame.select(pl.all().rank("dense") - 1).to_numpy().astype(np.int64)
+
+
+def average_ranks(codes: np.ndarray) -> np.ndarray:
+    """Average ranks (1-based, ties share the mean rank) of each column of integer codes (n, k)
+    that order the values like `dense_codes` (gaps allowed)."""
+    out = np.empty(codes.shape)
+    for j in range(codes.shape[1]):
+        count = np.bincount(codes[:, j])
+        out[:, j] = (np.cumsum(count) - (count - 1) / 2)[codes[:, j]]
+    return out
+
+
+def rank_columns(a: np.ndarray) -> np.ndarray:
+    """Average ranks of each column of a (n, k) matrix."""
+    return average_ranks(dense_codes(a))
 
 
 def concordance(time: np.ndarray, event: np.ndarray, scores: np.ndarray) -> np.ndarray:
@@ -293,32 +316,39 @@ def concordance(time: np.ndarray, event: np.ndarray, scores: np.ndarray) -> np.n
 
     Comparable pairs: (i, j) with i an event and T_j > T_i, or T_j == T_i with j censored.
     A pair is concordant when score_j > score_i, and counts 1/2 when the scores tie.
-    Vectorised: a 2-D histogram over (time order, score rank) when that is small (scores with
-    few distinct values, such as counts), else O(n log n log R) prefix counting. NaN when no
-    pair is comparable.
+    NaN when no pair is comparable.
+    """
+    scores = np.atleast_2d(np.asarray(scores, float))
+    return concordance_of_codes(time, event, dense_codes(scores.T))
+
+
+def concordance_of_codes(time: np.ndarray, event: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """`concordance` of each column of integer codes (n, k) that order the scores (see `dense_codes`).
+
+    Vectorised: a 2-D histogram over (time order, score code) when that is small (scores with
+    few distinct values, such as counts), else `_concordant_by_chunks`.
     """
     time = np.asarray(time, float)
     event = np.asarray(event, bool)
     t_rank = np.unique(time, return_inverse=True)[1].ravel()
     kappa = np.unique(2 * t_rank + (~event), return_inverse=True)[1].ravel()  # comparable partners: higher kappa
     n_kappa = int(kappa.max()) + 1 if len(kappa) else 0
-    scores = np.atleast_2d(np.asarray(scores, float))
-    out = np.full(scores.shape[0], np.nan)
+    out = np.full(codes.shape[1], np.nan)
     above = len(time) - np.cumsum(np.bincount(kappa, minlength=n_kappa))  # accounts with a higher kappa
     pairs = int(above[kappa[event]].sum())
     if pairs == 0:
         return out
-    def one(s: np.ndarray) -> float:
-        r = np.unique(s, return_inverse=True)[1].ravel().astype(np.int64)
+
+    def one(r: np.ndarray) -> float:
         n_r = int(r.max()) + 1
         if n_kappa * n_r <= HISTOGRAM_CELLS:
             greater, ties = _concordant_by_histogram(kappa, r, event, n_kappa, n_r)
         else:
-            greater, ties = _concordant_by_prefix(kappa, r, event)
+            greater, ties = _concordant_by_chunks(kappa, r, event, n_kappa)
         return (greater + 0.5 * ties) / pairs
 
     with ThreadPoolExecutor(max_workers=_workers()) as pool:
-        out[:] = list(pool.map(one, scores))
+        out[:] = list(pool.map(one, np.ascontiguousarray(codes.T)))
     return out
 
 
@@ -331,28 +361,41 @@ def _concordant_by_histogram(kappa: np.ndarray, r: np.ndarray, event: np.ndarray
     return float((events * higher).sum()), float((events * later).sum())
 
 
-def _concordant_by_prefix(kappa: np.ndarray, r: np.ndarray, event: np.ndarray) -> tuple[float, float]:
-    n = len(kappa)
-    order = np.argsort(-kappa, kind="stable")  # positions: comparable partners come first
-    kappa_sorted = -kappa[order]
-    r = r[order]
-    ev = np.flatnonzero(event[order])
-    before = np.searchsorted(kappa_sorted, kappa_sorted[ev], side="left")
-    pos = np.arange(n, dtype=np.int64)
-    ties = _count_prefix_equal(r, pos, r[ev], before, n)
-    greater = np.zeros(len(ev), dtype=np.int64)
-    for b in range(int(r.max()).bit_length()):
-        want = ((r[ev] >> b) & 1) == 0
-        target = (r[ev][want] >> b) + 1
-        greater[want] += _count_prefix_equal(r >> b, pos, target, before[want], n)
-    return float(greater.sum()), float(ties.sum())
-
-
-def _count_prefix_equal(keys: np.ndarray, pos: np.ndarray, target: np.ndarray, limit: np.ndarray,
-                        n: int) -> np.ndarray:
-    """For each query q: #{j : pos_j < limit_q and keys_j == target_q}."""
-    combined = np.sort(keys * n + pos)
-    return np.searchsorted(combined, target * n + limit) - np.searchsorted(combined, target * n)
+def _concordant_by_chunks(kappa: np.ndarray, r: np.ndarray, event: np.ndarray, n_kappa: int,
+                          batch: int = 65_536) -> tuple[float, float]:
+    """For scores with many distinct values: accounts sorted by score, highest first, cut into
+    chunks of S. An event's partners with a strictly higher score are those before the first
+    position L of its score; the ones in whole chunks before L come from a (chunk x kappa)
+    table of counts, the few in L's own chunk from a direct comparison. Ties by one sort of
+    (score, kappa). O(n log n + table + events x S)."""
+    n = len(r)
+    size = int(min(n, max(MIN_CHUNK, -(-n * n_kappa // CHUNK_TABLE_CELLS))))
+    n_chunks = -(-n // size)
+    order = np.argsort(-r, kind="stable")
+    r_sorted = r[order]
+    kap = np.full(n_chunks * size, -1, np.int32)  # padded: chunk rows of kappa by score order
+    kap[:n] = kappa[order]
+    starts = np.flatnonzero(np.r_[True, r_sorted[1:] != r_sorted[:-1]])
+    first = starts[np.cumsum(np.r_[True, r_sorted[1:] != r_sorted[:-1]]) - 1]  # first position of my score
+    table = np.bincount((np.arange(n) // size) * n_kappa + kap[:n].astype(np.int64), minlength=n_chunks * n_kappa)
+    in_chunk = np.zeros((n_chunks, n_kappa), np.int64)  # [c, q]: accounts of chunk c with kappa > q
+    in_chunk[:, :-1] = _revcumsum(table.reshape(n_chunks, n_kappa))[:, 1:]
+    higher = np.vstack([np.zeros((1, n_kappa), np.int64), np.cumsum(in_chunk, axis=0)])  # chunks before c
+    by_chunk = kap.reshape(n_chunks, size)
+    events = np.flatnonzero(event[order])
+    greater = 0
+    for lo in range(0, len(events), batch):
+        q = events[lo : lo + batch]
+        limit, k_q = first[q], kap[q]
+        chunk = limit // size
+        greater += int(higher[chunk, k_q].sum())
+        inside = (by_chunk[np.minimum(chunk, n_chunks - 1)] > k_q[:, None]) & (
+            np.arange(size) < (limit - chunk * size)[:, None])
+        greater += int(inside.sum())
+    keys = np.sort(r * n_kappa + kappa)
+    ev_r, ev_k = r[event], kappa[event]
+    ties = np.searchsorted(keys, ev_r * n_kappa + n_kappa) - np.searchsorted(keys, ev_r * n_kappa + ev_k + 1)
+    return float(greater), float(ties.sum())
 
 
 @dataclass(frozen=True, slots=True)
@@ -537,12 +580,6 @@ def schoenfeld_test(time: np.ndarray, event: np.ndarray, x: np.ndarray) -> PHTes
     g = ranks - ranks.mean()
     stat = float((g * scaled).sum() ** 2 / (n_events * var * (g**2).sum()))
     return PHTest(stat, float(special.chdtrc(1, stat)), len(time), n_events)
-
-
-def rank_columns(a: np.ndarray) -> np.ndarray:
-    """Average ranks of each column of a (n, k) matrix."""
-    frame = pl.DataFrame(np.asarray(a, dtype=float), schema=[f"c{i}" for i in range(a.shape[1])], orient="row")
-    return frame.select(pl.all().rank("average")).to_numpy().astype(float)
 
 
 def spearman_with(ranked: np.ndarray, y: np.ndarray) -> np.ndarray:

@@ -72,9 +72,11 @@ def test_penalized_cox_matches_lifelines_on_separated_data():
     assert fit.se[0, 0] == pytest.approx(ref.standard_errors_.iloc[0], abs=TOL)
 
 
-@pytest.mark.parametrize("cells", [stats.HISTOGRAM_CELLS, 0])  # histogram path, prefix-count path
-def test_concordance_matches_lifelines_with_ties_and_censoring(monkeypatch, cells):
+@pytest.mark.parametrize("cells,chunk", [(stats.HISTOGRAM_CELLS, 32), (0, 1), (0, 7), (0, 10_000)])
+def test_concordance_matches_lifelines_with_ties_and_censoring(monkeypatch, cells, chunk):
+    """Histogram path, then the chunked path with chunks of 1, 7 and all accounts."""
     monkeypatch.setattr(stats, "HISTOGRAM_CELLS", cells)
+    monkeypatch.setattr(stats, "MIN_CHUNK", chunk)
     t, e, x = _data(11, n=500)
     scores = np.stack([x, np.round(x), -x, np.zeros_like(x)])
     got = stats.concordance(t, e, scores)
@@ -84,13 +86,14 @@ def test_concordance_matches_lifelines_with_ties_and_censoring(monkeypatch, cell
 
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.tuples(st.integers(0, 6), st.booleans(), st.integers(-3, 3)), min_size=2, max_size=40),
-       st.sampled_from([4_000_000, 0]))
-def test_concordance_property_equals_lifelines(rows, cells):
-    stats.HISTOGRAM_CELLS, saved = cells, stats.HISTOGRAM_CELLS
+       st.sampled_from([4_000_000, 0]), st.integers(1, 9))
+def test_concordance_property_equals_lifelines(rows, cells, chunk):
+    saved = stats.HISTOGRAM_CELLS, stats.MIN_CHUNK
+    stats.HISTOGRAM_CELLS, stats.MIN_CHUNK = cells, chunk
     try:
         _check_concordance(rows)
     finally:
-        stats.HISTOGRAM_CELLS = saved
+        stats.HISTOGRAM_CELLS, stats.MIN_CHUNK = saved
 
 
 def _check_concordance(rows):
