@@ -89,7 +89,7 @@ def _fill_value(aggregation: str, window_days: float) -> float:
 
 def windowed_events(usage: Usage, cohort: pl.DataFrame) -> pl.LazyFrame:
     """Usage rows inside each account's window [window_start, landmark), with `__offset` in days."""
-    bounds = cohort.select(ID, "window_start", "landmark").lazy()
+    bounds = cohort.select(pl.col(ID).cast(usage.frame.schema[ID]), "window_start", "landmark").lazy()
     return (
         usage.frame.lazy().join(bounds, on=ID, how="inner")
         .filter((pl.col("ts") >= pl.col("window_start")) & (pl.col("ts") < pl.col("landmark")))
@@ -106,8 +106,9 @@ def _event_tables(usage: Usage, events: pl.LazyFrame, window_days: float,
     aggs = _event_aggs(usage, window_days)
     names = [a.meta.output_name() for a in aggs]
     per_user = [pl.when(pl.col("users") > 0).then(pl.col("count") / pl.col("users")).alias("per_user")]
-    per_event = events.group_by(ID, "event").agg(aggs).with_columns(pl.col("event").cast(pl.String))
-    overall = events.group_by(ID).agg(aggs)
+    as_text = [pl.col(ID).cast(pl.String), pl.col("event").cast(pl.String)]
+    per_event = events.group_by(ID, "event").agg(aggs).with_columns(as_text)
+    overall = events.group_by(ID).agg(aggs).with_columns(as_text[0])
     if usage.has_user:
         per_event, overall = per_event.with_columns(per_user), overall.with_columns(per_user)
         names.append("per_user")
@@ -158,7 +159,8 @@ def _config_metric(spec: CandidateSpec, usage: Usage, events: pl.LazyFrame, sett
     else:
         raise UsageError(f"candidate {spec.name}: aggregation {spec.aggregation!r} needs a column the usage "
                          "data does not have (users/per_user need user_id, sum needs value)")
-    return chosen.group_by(ID).agg(expr.cast(pl.Float64).alias(spec.name)).collect()
+    return chosen.group_by(ID).agg(expr.cast(pl.Float64).alias(spec.name)).with_columns(
+        pl.col(ID).cast(pl.String)).collect()
 
 
 def _wide(long: pl.DataFrame, cohort: pl.DataFrame, candidates: list[Candidate], window_days: float) -> pl.DataFrame:

@@ -247,15 +247,16 @@ def _parse_one(target: pl.Expr | pl.Series, fmt: str) -> pl.Expr | pl.Series:
     return target.str.to_datetime(fmt, strict=False, time_unit="us")
 
 
-def parse_datetime(column: str, formats: tuple[str, ...], dtype: pl.DataType) -> pl.Expr:
-    """Parse ISO dates/datetimes to naive UTC `Datetime('us')`; failures become null."""
+def parse_datetime(column: str, formats: tuple[str, ...], dtype: pl.DataType, *, strip: bool = True) -> pl.Expr:
+    """Parse ISO dates/datetimes to naive UTC `Datetime('us')`; failures become null. `strip=False`
+    parses cells as they are (quicker; a cell with edge whitespace then fails to parse)."""
     if dtype == pl.Date or isinstance(dtype, pl.Datetime):
         expr = pl.col(column)
         if isinstance(dtype, pl.Datetime) and dtype.time_zone:
             expr = expr.dt.convert_time_zone("UTC").dt.replace_time_zone(None)
         return expr.cast(pl.Datetime("us"))
-    value = pl.col(column).cast(pl.String).str.strip_chars()
-    parsed = [_parse_one(value, f) for f in formats]
+    value = pl.col(column).cast(pl.String)
+    parsed = [_parse_one(value.str.strip_chars() if strip else value, f) for f in formats]
     return pl.coalesce(parsed) if len(parsed) > 1 else parsed[0]
 
 
