@@ -87,7 +87,7 @@ def _risk_sets(time: np.ndarray, event: np.ndarray, strata: np.ndarray | None = 
     group_sub = np.flatnonzero(e_sorted[sub_starts])
     group_size = np.diff(np.r_[sub_starts, len(time)])[group_sub]
     event_pos = np.flatnonzero(e_sorted)
-    group_starts = np.r_[0, np.cumsum(group_size)[:-1]].astype(np.int64) if len(group_size) else group_sub
+    group_starts = np.cumsum(group_size) - group_size  # per tie group: index of its first event
     event_group = np.repeat(np.arange(len(group_size)), group_size)
     tied = (np.arange(len(event_pos)) - group_starts[event_group]).astype(float)  # l = 0..d-1 in each group
     powers = np.array([np.bincount(event_group, weights=tied**m, minlength=len(group_size)) for m in range(1, 6)])
