@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+import numpy as np
 import polars as pl
 
 from nsm_cli.config import CandidateSpec, Settings
@@ -88,51 +89,97 @@ def _fill_value(aggregation: str, window_days: float) -> float:
 
 
 def windowed_events(usage: Usage, cohort: pl.DataFrame) -> pl.LazyFrame:
-    """Usage rows inside each account's window [window_start, landmark), with `__offset` in days."""
-    bounds = cohort.select(pl.col(ID).cast(usage.frame.schema[ID]), "window_start", "landmark").lazy()
+    """Usage rows inside each account's window [window_start, landmark), with `__offset` in days
+    and `__row`, the account's row in `cohort`."""
+    bounds = cohort.select(pl.col(ID).cast(usage.frame.schema[ID]), "window_start", "landmark").with_row_index("__row")
     return (
-        usage.frame.lazy().join(bounds, on=ID, how="inner")
+        usage.frame.lazy().join(bounds.lazy(), on=ID, how="inner")
         .filter((pl.col("ts") >= pl.col("window_start")) & (pl.col("ts") < pl.col("landmark")))
         .with_columns(__offset=(pl.col("ts") - pl.col("window_start")).dt.total_microseconds() / 86_400_000_000)
     )
 
 
-def _event_tables(usage: Usage, events: pl.LazyFrame, window_days: float,
-                  mapping: dict[str, str]) -> tuple[pl.DataFrame, list[str]]:
-    """One row per account with usage: `<event slug>.<aggregation>` and `any.<aggregation>` columns.
+def _distinct(key: np.ndarray) -> np.ndarray:
+    return pl.Series(key).unique().to_numpy()
 
-    Aggregated per (account, event) and per account, then pivoted on the event (a small frame: one
-    row per account and event), never through a long (account x candidate) table."""
-    aggs = _event_aggs(usage, window_days)
-    names = [a.meta.output_name() for a in aggs]
-    per_user = [pl.when(pl.col("users") > 0).then(pl.col("count") / pl.col("users")).alias("per_user")]
-    as_text = [pl.col(ID).cast(pl.String), pl.col("event").cast(pl.String)]
-    per_event = events.group_by(ID, "event").agg(aggs).with_columns(as_text)
-    overall = events.group_by(ID).agg(aggs).with_columns(as_text[0])
+
+def _split(key: np.ndarray, base: int) -> tuple[np.ndarray, np.ndarray]:
+    """key = high x base + low -> (high, low); cheaper than np.divmod."""
+    high = key // base
+    return high, key - high * base
+
+
+def _event_tables(usage: Usage, events: pl.DataFrame, n_accounts: int, sources: list[str],
+                  window_days: float) -> dict[str, np.ndarray]:
+    """Every aggregation as one (accounts, 1 + sources) array: column 0 over all events together, then
+    one column per source in `sources` order; rows in cohort order; the fill value where an account
+    has no such event.
+
+    Counted by integer keys, never by grouping text: cell = account row x sources + source index;
+    `bincount` sums per cell or account; distinct days, weeks and users are distinct integer keys
+    (cell x days + day, ...) from polars' hash `unique`, the coarser ones derived from the finer."""
+    n_src = max(len(sources), 1)
+    event = events["event"].cast(pl.Categorical)  # codes are local to a column: read them with their names
+    present = event.unique()
+    lookup = np.zeros(int(present.to_physical().max() or 0) + 1, dtype=np.int64)
+    position = {name: i for i, name in enumerate(sources)}
+    lookup[present.to_physical().to_numpy()] = [position[name] for name in present.cast(pl.String)]
+    row = events["__row"].cast(pl.Int64).to_numpy()
+    offset = events["__offset"].to_numpy()
+    day = offset.astype(np.int64)  # offsets are >= 0: truncation is the floor
+    cell = row * n_src + lookup[event.to_physical().to_numpy()]
+    n_cells = n_accounts * n_src
+
+    def per(groups: np.ndarray, size: int, weights: np.ndarray | None = None) -> np.ndarray:
+        return np.bincount(groups, weights=weights, minlength=size).astype(float)
+
+    def both(per_account: np.ndarray, per_cell: np.ndarray) -> np.ndarray:
+        return np.column_stack([per_account, per_cell.reshape(n_accounts, n_src)[:, :len(sources)]])
+
+    tables = {"count": both(per(row, n_accounts), per(cell, n_cells))}
+    n_days = int(day.max()) + 1 if len(day) else 1
+    cell_of, day_of = _split(_distinct(cell * n_days + day), n_days)
+    account_of, account_day_of = _split(_distinct(cell_of // n_src * n_days + day_of), n_days)
+    tables["active_days"] = both(per(account_of, n_accounts), per(cell_of, n_cells))
+    n_weeks = n_days // 7 + 1
+    tables["active_weeks"] = both(per(_distinct(account_of * n_weeks + account_day_of // 7) // n_weeks, n_accounts),
+                                  per(_distinct(cell_of * n_weeks + day_of // 7) // n_weeks, n_cells))
+    first = np.full(n_cells, window_days + 1.0)
+    np.minimum.at(first, cell, offset)
+    tables["days_to_first"] = both(first.reshape(n_accounts, n_src).min(axis=1), first)
     if usage.has_user:
-        per_event, overall = per_event.with_columns(per_user), overall.with_columns(per_user)
-        names.append("per_user")
-    per_event, overall = pl.collect_all([per_event, overall])
-    wide = per_event.pivot(on="event", index=ID, values=names, aggregate_function="first")
-    present = per_event["event"].unique().to_list()
-    wide = wide.rename({(f"{v}_{e}" if len(names) > 1 else e): f"{mapping[e]}.{v}" for v in names for e in present})
-    overall = overall.rename({v: f"any.{v}" for v in names})
-    return overall.join(wide, on=ID, how="full", coalesce=True), names
+        user = events["user_id"]  # validate keeps a 64-bit hash of the text: only distinct users are counted
+        user = user if user.dtype == pl.UInt64 else user.hash(seed=0).set(user.is_null(), None)
+        distinct = pl.LazyFrame({"cell": cell, "user": user}).drop_nulls().unique().collect()
+        by_account = distinct.lazy().select(pl.col("cell") // n_src, "user").unique().collect()
+        tables["users"] = both(per(by_account["cell"].to_numpy(), n_accounts), per(distinct["cell"].to_numpy(), n_cells))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            tables["per_user"] = np.where(tables["users"] > 0, tables["count"] / tables["users"], 0.0)
+    if usage.has_value:
+        value = events["value"].cast(pl.Float64).fill_null(0.0).to_numpy()
+        tables["sum"] = both(per(row, n_accounts, value), per(cell, n_cells, value))
+    return tables
 
 
 def build_event_candidates(usage: Usage, cohort: pl.DataFrame, settings: Settings) -> CandidateSet:
-    events = windowed_events(usage, cohort).collect().lazy()  # materialised once, aggregated several ways
-    sources = sorted(set(usage.frame["event"].cast(pl.String).unique().to_list()))
+    events = windowed_events(usage, cohort).collect()  # materialised once, aggregated several ways
+    sources = sorted(usage.frame["event"].unique().cast(pl.String).drop_nulls().to_list())
     mapping, warnings = slugs_for(sources)
-    table, names = _event_tables(usage, events, settings.window_days, mapping)
+    tables = _event_tables(usage, events, cohort.height, sources, settings.window_days)
+    names = list(tables)
     candidates = [Candidate(f"any.{agg}", "any", agg, "events") for agg in names]  # all events together
     candidates += [Candidate(f"{mapping[src]}.{agg}", src, agg, "events") for src in sources for agg in names]
-    candidates += [c for c in _config_candidates(settings.candidates) if c.origin == "config"]
+    columns = {f"{slug}.{agg}": tables[agg][:, j] for agg in names
+               for j, slug in enumerate(["any", *(mapping[src] for src in sources)])}
+    table = pl.DataFrame({ID: cohort[ID], **columns})
+    configured = [c for c in _config_candidates(settings.candidates) if c.origin == "config"]
     for spec in settings.candidates:
         if spec.ratio is None:
-            table = table.join(_config_metric(spec, usage, events, settings), on=ID, how="full", coalesce=True)
-    metrics = _fill(cohort, table, candidates, settings.window_days)
-    metrics, candidates = _add_ratios(metrics, candidates, settings.candidates)
+            table = table.join(_config_metric(spec, usage, events.lazy(), settings), on=ID, how="left",
+                               maintain_order="left")
+    metrics = table.with_columns(pl.col(c.name).fill_null(_fill_value(c.aggregation, settings.window_days))
+                                 for c in configured)
+    metrics, candidates = _add_ratios(metrics, [*candidates, *configured], settings.candidates)
     return _finish(metrics, candidates, warnings, settings.window_days)
 
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import polars as pl
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from polars.testing import assert_frame_equal
 
 from nsm_cli.candidates import build_event_candidates, build_periodic_candidates, slugs_for
@@ -117,3 +119,54 @@ def test_an_event_called_any_does_not_clash_with_all_events(monkeypatch):
     m = cs.metrics.sort("account_id")
     assert m["any.count"].to_list() == [4.0, 1.0, 0.0]  # every event
     assert m["any_2.count"].to_list() == [1.0, 1.0, 0.0]  # the event named "any"
+
+
+@st.composite
+def _event_logs(draw):
+    n = draw(st.integers(1, 60))
+    rows = st.tuples(st.sampled_from(["a", "b", "c", "d"]), st.integers(-3 * 24, 34 * 24),
+                     st.sampled_from(["login", "share", "export"]), st.sampled_from(["u1", "u2", "u3", None]),
+                     st.one_of(st.none(), st.floats(-5, 50, allow_nan=False)))
+    data = draw(st.lists(rows, min_size=n, max_size=n))
+    account, hours, event, user, value = map(list, zip(*data, strict=True))
+    return pl.DataFrame({"account_id": account, "ts": [D(2025, 1, 1) + timedelta(hours=h) for h in hours],
+                         "event": event, "user_id": user, "value": value},
+                        schema_overrides={"value": pl.Float64, "user_id": pl.String})
+
+
+def _reference(events: pl.DataFrame, cohort: pl.DataFrame, window: float) -> dict[str, dict[str, float]]:
+    """The aggregations by a plain polars group-by, one (account, event) group at a time."""
+    inside = events.join(cohort, on="account_id").filter(
+        (pl.col("ts") >= pl.col("window_start")) & (pl.col("ts") < pl.col("landmark"))).with_columns(
+        offset=(pl.col("ts") - pl.col("window_start")).dt.total_seconds() / 86_400)
+    aggs = [pl.len().alias("count"), pl.col("offset").floor().n_unique().alias("active_days"),
+            (pl.col("offset").floor() // 7).n_unique().alias("active_weeks"),
+            pl.col("offset").min().alias("days_to_first"), pl.col("user_id").drop_nulls().n_unique().alias("users"),
+            pl.col("value").sum().alias("sum")]
+    out: dict[str, dict[str, float]] = {}
+    for keys, prefix in ((["account_id", "event"], None), (["account_id"], "any")):
+        for r in inside.group_by(keys).agg(aggs).iter_rows(named=True):
+            for agg in ("count", "active_days", "active_weeks", "days_to_first", "users", "sum"):
+                out.setdefault(r["account_id"], {})[f"{prefix or r['event']}.{agg}"] = float(r[agg])
+            name = prefix or r["event"]
+            out[r["account_id"]][f"{name}.per_user"] = r["count"] / r["users"] if r["users"] else 0.0
+    return out
+
+
+@settings(max_examples=60, deadline=None)
+@given(_event_logs())
+def test_event_aggregations_match_a_plain_group_by(events):
+    cohort = _cohort(["a", "b", "c", "e"])
+    s = Settings(accounts="x", window_days=30)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("nsm_cli.candidates.MIN_ACCOUNTS_WITH", 0)
+        mp.setattr("nsm_cli.candidates.MIN_SHARE_WITH", 0)
+        metrics = build_event_candidates(Usage("events", events, has_user=True, has_value=True), cohort, s).metrics
+    expected = _reference(events, cohort, 30.0)
+    for r in metrics.iter_rows(named=True):
+        for name, value in r.items():
+            if name == "account_id":
+                continue
+            fill = 31.0 if name.endswith("days_to_first") else 0.0
+            want = expected.get(r["account_id"], {}).get(name, fill)
+            assert value == pytest.approx(want, rel=1e-12, abs=1e-12), (r["account_id"], name)
