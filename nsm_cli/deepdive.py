@@ -159,14 +159,13 @@ SCAN_QUANTILES = np.linspace(0.05, 0.95, 19)
 
 
 def _cells(values: np.ndarray, index: stats.TimeIndex, grid: np.ndarray, horizon: float) -> dict[str, np.ndarray]:
-    above = values[:, None] >= grid[None, :]
-    surv = stats.km_at_masks(None, None, np.hstack([above, ~above]), horizon, index=index)
-    ret_above, ret_below = surv[: len(grid)], surv[len(grid):]
-    _, p = stats.logrank_masks(above, index)
+    counts = stats.CutCounts.of(index, values, grid)
+    ret_above, ret_below = counts.km_at(horizon)
+    _, p = counts.logrank()
     with np.errstate(divide="ignore", invalid="ignore"):
         lift = ret_above / ret_below
-    return {"reach": above.mean(axis=0), "retention_above": ret_above, "retention_below": ret_below,
-            "ppv": ret_above, "npv": 1 - ret_below, "lift": lift, "p_value": p}
+    return {"reach": (values[:, None] >= grid[None, :]).mean(axis=0), "retention_above": ret_above,
+            "retention_below": ret_below, "ppv": ret_above, "npv": 1 - ret_below, "lift": lift, "p_value": p}
 
 
 def _best(values: np.ndarray, outcome: OutcomeData, rows: np.ndarray, sign: float) -> float | None:
@@ -175,8 +174,7 @@ def _best(values: np.ndarray, outcome: OutcomeData, rows: np.ndarray, sign: floa
     grid = threshold_grid(v, SCAN_QUANTILES)
     if len(grid) == 0:
         return None
-    z, _ = stats.logrank_masks(v[:, None] >= grid[None, :], stats.TimeIndex.of(outcome.time[rows],
-                                                                                 outcome.event[rows]))
+    z, _ = stats.CutCounts.of(stats.TimeIndex.of(outcome.time[rows], outcome.event[rows]), v, grid).logrank()
     return float(grid[int(np.nanargmax(-sign * z))]) if np.isfinite(z).any() else None
 
 
@@ -193,7 +191,7 @@ def aha_scan(metric: str, by_window: dict[float, Prepared], settings: Settings, 
         if len(grid) == 0:
             continue
         cells = _cells(values, split.full, grid, horizon)
-        train_z, _ = stats.logrank_masks(values[split.train][:, None] >= grid[None, :], split.train_index)
+        train_z, _ = stats.CutCounts.of(split.full, values, grid, split.train).logrank()
         for j, t in enumerate(grid):
             rows.append({"window_days": window, "threshold": float(t), **{k: float(v[j]) for k, v in cells.items()}})
             choices.append((float(np.nan_to_num(-sign * train_z[j], nan=-np.inf)), len(rows) - 1, values, split))
@@ -205,10 +203,9 @@ def aha_scan(metric: str, by_window: dict[float, Prepared], settings: Settings, 
     _, best_i, values, split = max(choices, key=lambda c: (c[0], -c[1]))
     best = dict(rows[best_i])
     train = split.train
-    hold_above = values[~train] >= best["threshold"]
-    hold_surv = stats.km_at_masks(None, None, np.stack([hold_above, ~hold_above], 1), horizon,
-                                  index=split.holdout_index)
-    hold_p = stats.logrank(None, None, hold_above, index=split.holdout_index).p_value
+    holdout = stats.CutCounts.of(split.full, values, np.array([best["threshold"]]), ~train)
+    hold_surv = [float(s[0]) for s in holdout.km_at(horizon)]
+    hold_p = float(holdout.logrank()[1][0])
     best.update(holdout_retention_above=float(hold_surv[0]), holdout_retention_below=float(hold_surv[1]),
                 holdout_p_value=hold_p,
                 holdout_confirmed=bool(sign * (hold_surv[0] - hold_surv[1]) > 0 and hold_p < ALPHA))

@@ -58,19 +58,15 @@ def holdout_split(ids: np.ndarray, seed: int) -> np.ndarray:
 
 @dataclass(frozen=True, slots=True)
 class Split:
-    """One outcome's accounts split into training and holdout halves, with time indexes built once."""
+    """One outcome's accounts split into training and holdout halves, with its time index built once."""
 
     outcome: OutcomeData
     train: np.ndarray  # boolean over the outcome's accounts
     full: stats.TimeIndex
-    train_index: stats.TimeIndex
-    holdout_index: stats.TimeIndex
 
     @classmethod
     def of(cls, outcome: OutcomeData, train: np.ndarray) -> Split:
-        t, e = outcome.time, outcome.event
-        return cls(outcome, train, stats.TimeIndex.of(t, e), stats.TimeIndex.of(t[train], e[train]),
-                   stats.TimeIndex.of(t[~train], e[~train]))
+        return cls(outcome, train, stats.TimeIndex.of(outcome.time, outcome.event))
 
 
 def threshold_grid(values: np.ndarray, quantiles: np.ndarray) -> np.ndarray:
@@ -98,25 +94,21 @@ def find_threshold(values: np.ndarray, split: Split, horizon: float) -> Threshol
     grid = threshold_grid(tv, RANK_QUANTILES)
     if len(grid) == 0:
         return None
-    above = tv[:, None] >= grid[None, :]
-    z, _ = stats.logrank_masks(above, split.train_index)  # maximally selected log-rank statistic
+    on_train = stats.CutCounts.of(split.full, values, grid, train)
+    z, _ = on_train.logrank()  # maximally selected log-rank statistic
     best = int(np.nanargmax(np.abs(z))) if np.isfinite(z).any() else 0
-    surv = stats.km_at_masks(None, None, np.stack([above[:, best], ~above[:, best]], axis=1), horizon,
-                             index=split.train_index)
-    train_diff = surv[0] - surv[1]
-    cut = float(grid[best])
-    hold_above = values[~train] >= cut
-    hold_surv = stats.km_at_masks(None, None, np.stack([hold_above, ~hold_above], axis=1), horizon,
-                                  index=split.holdout_index)
-    hold_p = stats.logrank(None, None, hold_above, index=split.holdout_index).p_value
-    all_above = values >= cut
-    full = stats.km_at_masks(None, None, np.stack([all_above, ~all_above], axis=1), horizon, index=split.full)
-    confirmed = bool(np.sign(hold_surv[0] - hold_surv[1]) == np.sign(train_diff) and hold_p < ALPHA)
+    cut = grid[best : best + 1]
+    train_above, train_below = (s[best] for s in on_train.km_at(horizon))
+    holdout = stats.CutCounts.of(split.full, values, cut, ~train)
+    hold_above, hold_below = (float(s[0]) for s in holdout.km_at(horizon))
+    hold_p = float(holdout.logrank()[1][0])
+    everyone = stats.CutCounts.of(split.full, values, cut)
+    above, below = (float(s[0]) for s in everyone.km_at(horizon))
+    confirmed = bool(np.sign(hold_above - hold_below) == np.sign(train_above - train_below) and hold_p < ALPHA)
     return Threshold(
-        value=cut, share_above=float(all_above.mean()), retention_above=float(full[0]),
-        retention_below=float(full[1]), holdout_retention_above=float(hold_surv[0]),
-        holdout_retention_below=float(hold_surv[1]), holdout_p_value=float(hold_p), holdout_confirmed=confirmed,
-        logrank_p_value=stats.logrank(None, None, all_above, index=split.full).p_value,
+        value=float(cut[0]), share_above=float((values >= cut[0]).mean()), retention_above=above,
+        retention_below=below, holdout_retention_above=hold_above, holdout_retention_below=hold_below,
+        holdout_p_value=hold_p, holdout_confirmed=confirmed, logrank_p_value=float(everyone.logrank()[1][0]),
     )
 
 

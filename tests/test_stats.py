@@ -146,16 +146,25 @@ def test_logrank_matches_lifelines_two_and_many_groups():
     assert got4.degrees_of_freedom == 3
 
 
-def test_logrank_masks_equals_one_test_per_mask():
+def test_cut_counts_equal_one_lifelines_test_per_cut_within_rows():
     t, e, x = _data(9, n=300)
-    masks = np.stack([x >= q for q in (-1.0, 0.0, 0.7)], axis=1)
-    z, p = stats.logrank_masks(masks, stats.TimeIndex.of(t, e))
-    for j in range(masks.shape[1]):
-        m = masks[:, j]
-        ref = logrank_test(t[m], t[~m], e[m], e[~m])
-        assert z[j] ** 2 == pytest.approx(ref.test_statistic, abs=TOL)
-        assert p[j] == pytest.approx(ref.p_value, abs=TOL)
-    assert z[1] > 0  # in _data higher x means shorter times: more events than expected
+    t = np.round(t)  # ties between times
+    cuts = np.array([-1.0, 0.0, 0.7])
+    rows = np.random.default_rng(3).random(len(t)) < 0.6
+    for subset in (None, rows):
+        keep = np.ones(len(t), bool) if subset is None else subset
+        counts = stats.CutCounts.of(stats.TimeIndex.of(t, e), x, cuts, subset)
+        z, p = counts.logrank()
+        above, below = counts.km_at(9)
+        for j, cut in enumerate(cuts):
+            m = keep & (x >= cut)
+            rest = keep & (x < cut)
+            ref = logrank_test(t[m], t[rest], e[m], e[rest])
+            assert z[j] ** 2 == pytest.approx(ref.test_statistic, abs=TOL)
+            assert p[j] == pytest.approx(ref.p_value, abs=TOL)
+            assert above[j] == pytest.approx(KaplanMeierFitter().fit(t[m], e[m]).predict(9), abs=1e-12)
+            assert below[j] == pytest.approx(KaplanMeierFitter().fit(t[rest], e[rest]).predict(9), abs=1e-12)
+        assert z[1] > 0  # in _data higher x means shorter times: more events than expected
 
 
 def test_spearman_and_bh_match_scipy():
