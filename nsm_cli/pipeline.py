@@ -172,21 +172,24 @@ def _assess(inputs: Inputs, cohort: Cohort, cands: CandidateSet, churn: OutcomeD
     matrix = cands.metrics.select(names).to_numpy().astype(float)
     segments = segment_design(cohort.frame, inputs.segments) if inputs.segments else None
     codes = stats.dense_codes(matrix)
-    ranked = stats.average_ranks(codes)
-    ev_churn = gather_evidence(churn, matrix, segments, direction=1.0, codes=codes)
-    ev_exp = gather_evidence(expansion, matrix, segments, direction=-1.0, codes=codes) if expansion else None
     train = holdout_split(cohort.frame["account_id"].to_numpy(), settings.seed)
-    tenure = stats.spearman_with(ranked, cohort.frame["tenure_days"].to_numpy())
-    signup_days = cohort.frame.select(pl.col("signup").dt.epoch("s")).to_series().to_numpy()
-    trend = stats.spearman_with(ranked, signup_days)
-    cover = coverage(cands.metrics, cands.candidates, settings.window_days)
     churn_split = Split.of(churn, train)
     exp_split = Split.of(expansion, train[expansion.rows]) if expansion else None
     horizon = settings.horizon_days
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:  # numpy kernels release the GIL
-        churn_thr = list(pool.map(lambda j: find_threshold(matrix[:, j], churn_split, horizon), range(len(names))))
-        exp_thr = list(pool.map(lambda j: find_threshold(matrix[expansion.rows, j], exp_split, horizon),
-                                range(len(names)))) if exp_split is not None else [None] * len(names)
+        pending_churn = pool.submit(gather_evidence, churn, matrix, segments, direction=1.0, codes=codes)
+        pending_exp = pool.submit(gather_evidence, expansion, matrix, segments, direction=-1.0,
+                                  codes=codes) if expansion else None
+        churn_thr = pool.map(lambda j: find_threshold(matrix[:, j], churn_split, horizon), range(len(names)))
+        exp_thr = pool.map(lambda j: find_threshold(matrix[expansion.rows, j], exp_split, horizon),
+                           range(len(names))) if exp_split is not None else [None] * len(names)
+        ranked = stats.average_ranks(codes)
+        tenure = stats.spearman_with(ranked, cohort.frame["tenure_days"].to_numpy())
+        signup_days = cohort.frame.select(pl.col("signup").dt.epoch("s")).to_series().to_numpy()
+        trend = stats.spearman_with(ranked, signup_days)
+        cover = coverage(cands.metrics, cands.candidates, settings.window_days)
+        ev_churn, ev_exp = pending_churn.result(), pending_exp.result() if pending_exp else None
+        churn_thr, exp_thr = list(churn_thr), list(exp_thr)
     facts, churn_stats, exp_stats = [], [], []
     for j, c in enumerate(cands.candidates):
         facts.append(CandidateFacts(c.name, c.source, c.aggregation, c.origin, cover[c.name],
