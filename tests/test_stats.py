@@ -270,6 +270,13 @@ def test_efron_sums_series_and_closed_form_agree_with_direct_sums():
                 assert value[row, g] == pytest.approx(expected, rel=1e-12, abs=1e-15)
 
 
+def test_trigamma_matches_scipy_hurwitz_zeta():
+    from scipy import special
+
+    x = np.concatenate([np.linspace(1, 30, 20_001), np.geomspace(1, 1e12, 20_001), [9.999999, 10.0, 10.000001]])
+    assert np.max(np.abs(stats._trigamma(x) / special.zeta(2, x) - 1)) < 1e-14
+
+
 def test_covariate_without_information_in_any_risk_set_has_no_evidence():
     t, e, x = _data(14, n=300)
     early = np.arange(len(t)) < 10
