@@ -16,7 +16,7 @@ from nsm_cli import __version__, stats
 from nsm_cli.candidates import CandidateSet, build_event_candidates, build_periodic_candidates, coverage
 from nsm_cli.config import Settings
 from nsm_cli.errors import InputError, InsufficientDataError
-from nsm_cli.evidence import OutcomeData, gather_evidence, segment_design
+from nsm_cli.evidence import MetricMatrix, OutcomeData, gather_evidence, segment_design
 from nsm_cli.load import read_table
 from nsm_cli.outcomes import Cohort, build_cohort
 from nsm_cli.ranking import CandidateFacts, Split, find_threshold, holdout_split, outcome_stats, rank_candidates
@@ -171,22 +171,20 @@ def _assess(inputs: Inputs, cohort: Cohort, cands: CandidateSet, churn: OutcomeD
     names = [c.name for c in cands.candidates]
     matrix = cands.metrics.select(names).to_numpy().astype(float)
     segments = segment_design(cohort.frame, inputs.segments) if inputs.segments else None
-    codes = stats.dense_codes(matrix)
+    shared = MetricMatrix.of(matrix)
     train = holdout_split(cohort.frame["account_id"].to_numpy(), settings.seed)
     churn_split = Split.of(churn, train)
     exp_split = Split.of(expansion, train[expansion.rows]) if expansion else None
     horizon = settings.horizon_days
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:  # numpy kernels release the GIL
-        pending_churn = pool.submit(gather_evidence, churn, matrix, segments, direction=1.0, codes=codes)
-        pending_exp = pool.submit(gather_evidence, expansion, matrix, segments, direction=-1.0,
-                                  codes=codes) if expansion else None
+        pending_churn = pool.submit(gather_evidence, churn, shared, segments, direction=1.0)
+        pending_exp = pool.submit(gather_evidence, expansion, shared, segments, direction=-1.0) if expansion else None
         churn_thr = pool.map(lambda j: find_threshold(matrix[:, j], churn_split, horizon), range(len(names)))
         exp_thr = pool.map(lambda j: find_threshold(matrix[expansion.rows, j], exp_split, horizon),
                            range(len(names))) if exp_split is not None else [None] * len(names)
-        ranked = stats.average_ranks(codes)
-        tenure = stats.spearman_with(ranked, cohort.frame["tenure_days"].to_numpy())
+        tenure = stats.spearman_with(shared.ranks, cohort.frame["tenure_days"].to_numpy())
         signup_days = cohort.frame.select(pl.col("signup").dt.epoch("s")).to_series().to_numpy()
-        trend = stats.spearman_with(ranked, signup_days)
+        trend = stats.spearman_with(shared.ranks, signup_days)
         cover = coverage(cands.metrics, cands.candidates, settings.window_days)
         ev_churn, ev_exp = pending_churn.result(), pending_exp.result() if pending_exp else None
         churn_thr, exp_thr = list(churn_thr), list(exp_thr)
@@ -197,7 +195,7 @@ def _assess(inputs: Inputs, cohort: Cohort, cands: CandidateSet, churn: OutcomeD
         churn_stats.append(outcome_stats(ev_churn, j, churn.spearman_target_name, churn_thr[j]))
         exp_stats.append(outcome_stats(ev_exp, j, expansion.spearman_target_name, exp_thr[j])
                          if expansion is not None and ev_exp is not None else None)
-    similarity = stats.spearman_matrix(ranked) if len(names) > 1 else np.ones((1, 1))
+    similarity = stats.spearman_matrix(shared.ranks) if len(names) > 1 else np.ones((1, 1))
     results = rank_candidates(facts, churn_stats, exp_stats, np.nan_to_num(similarity), settings.weights)
     return Report(settings=_settings_dict(settings, inputs), data=_summary(inputs, cohort, cands, churn, expansion),
                   candidates=results, meta={"nsm_version": __version__})

@@ -206,14 +206,14 @@ def _efron_terms(rs: _RiskSets, X: np.ndarray, feats: np.ndarray, tri: tuple[np.
 
 def cox_fit(time: np.ndarray, event: np.ndarray, X: np.ndarray, *, penalizer: float = 0.0,
             strata: np.ndarray | None = None, max_iter: int = 50, tol: float = 1e-9,
-            diverge_at: float = 25.0) -> CoxFit:
+            diverge_at: float = 25.0, start: np.ndarray | None = None) -> CoxFit:
     """Fit k Cox models at once by Newton-Raphson with step halving (Efron ties).
 
     X has shape (k, n, p): k models of p covariates over the same n accounts. `strata` (n,) gives
     each account's stratum: risk sets are formed within strata (a stratified Cox model, like
     lifelines' `strata=`). The penalty is lifelines' ridge term `n * penalizer * beta**2 / 2`
     (on the covariates as given). Models whose coefficients run past `diverge_at` (complete
-    separation) stop early, unconverged.
+    separation) stop early, unconverged. `start` (k, p): where Newton begins (default 0).
     """
     X = np.asarray(X, dtype=float)
     k, n, p = X.shape
@@ -231,7 +231,7 @@ def cox_fit(time: np.ndarray, event: np.ndarray, X: np.ndarray, *, penalizer: fl
                                 x_events if every else x_events[idx], work)
         return ll - 0.5 * pen * (b**2).sum(1), g - pen * b, h - pen * eye
 
-    beta = np.zeros((k, p))
+    beta = np.zeros((k, p)) if start is None else np.array(start, dtype=float)
     x_events = Xs[:, :, rs.event_pos].sum(axis=2)
     ll, grad, hess = terms(np.arange(k), beta)
     # A covariate constant within every risk set at every event has no information at any beta; its
@@ -239,6 +239,7 @@ def cox_fit(time: np.ndarray, event: np.ndarray, X: np.ndarray, *, penalizer: fl
     uninformed = np.diagonal(-hess, axis1=1, axis2=2) <= 1e-9 * max(1, len(rs.event_pos)) * (Xs**2).mean(axis=2)
     if uninformed.any():
         Xs[uninformed] = 0.0
+        beta[uninformed] = 0.0
         feats = _features(Xs)[0]
         x_events = Xs[:, :, rs.event_pos].sum(axis=2)
         ll, grad, hess = terms(np.arange(k), beta)
@@ -284,15 +285,17 @@ def _workers() -> int:
 
 
 def cox_fit_chunked(time: np.ndarray, event: np.ndarray, X: np.ndarray, *, penalizer: float = 0.0,
-                    strata: np.ndarray | None = None, max_cells: int = 6_000_000) -> CoxFit:
+                    strata: np.ndarray | None = None, max_cells: int = 6_000_000,
+                    start: np.ndarray | None = None) -> CoxFit:
     """`cox_fit` over chunks of models, run on a thread per core (numpy releases the GIL in its
     kernels). Each chunk's feature array stays under `max_cells` floats. Chunks are independent,
     so results do not depend on the number of threads."""
     k, n, p = X.shape
     size = max(1, min(max_cells // max(1, n * (1 + p + p * (p + 1) // 2)), -(-k // _workers())))
-    chunks = [X[i : i + size] for i in range(0, k, size)]
+    starts = range(0, k, size)
     with ThreadPoolExecutor(max_workers=_workers()) as pool:
-        fits = list(pool.map(lambda c: cox_fit(time, event, c, penalizer=penalizer, strata=strata), chunks))
+        fits = list(pool.map(lambda i: cox_fit(time, event, X[i : i + size], penalizer=penalizer, strata=strata,
+                                               start=None if start is None else start[i : i + size]), starts))
     return CoxFit(
         np.concatenate([f.beta for f in fits]), np.concatenate([f.variance for f in fits]),
         np.concatenate([f.log_likelihood for f in fits]), np.concatenate([f.converged for f in fits]),

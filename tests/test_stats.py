@@ -201,6 +201,10 @@ def test_stratified_cox_matches_lifelines():
     ref = CoxPHFitter(strata=["plan"]).fit(df, "T", "E", fit_options={"precision": 1e-12, "r_precision": 1e-15})
     np.testing.assert_allclose(fit.beta[0], ref.params_[["x", "seats"]].values, atol=TOL)
     np.testing.assert_allclose(fit.se[0], ref.standard_errors_[["x", "seats"]].values, atol=TOL)
+    for start in ([[0.4, 0.0]], [[-2.0, 3.0]]):  # nsm starts adjusted fits from the unadjusted estimate
+        warm = stats.cox_fit(t, e, X[None], strata=plan, start=np.array(start))
+        np.testing.assert_allclose(warm.beta[0], ref.params_[["x", "seats"]].values, atol=TOL)
+        np.testing.assert_allclose(warm.se[0], ref.standard_errors_[["x", "seats"]].values, atol=TOL)
 
 
 def test_rmst_matches_lifelines():
