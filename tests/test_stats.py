@@ -76,7 +76,7 @@ def test_penalized_cox_matches_lifelines_on_separated_data():
 def test_concordance_matches_lifelines_with_ties_and_censoring(monkeypatch, cells, chunk):
     """Histogram path, then the chunked path with chunks of 1, 7 and all accounts."""
     monkeypatch.setattr(stats, "HISTOGRAM_CELLS", cells)
-    monkeypatch.setattr(stats, "MIN_CHUNK", chunk)
+    monkeypatch.setattr(stats, "_chunk_size", lambda n, _kappa, _events: min(n, chunk))
     t, e, x = _data(11, n=500)
     scores = np.stack([x, np.round(x), -x, np.zeros_like(x)])
     got = stats.concordance(t, e, scores)
@@ -88,12 +88,12 @@ def test_concordance_matches_lifelines_with_ties_and_censoring(monkeypatch, cell
 @given(st.lists(st.tuples(st.integers(0, 6), st.booleans(), st.integers(-3, 3)), min_size=2, max_size=40),
        st.sampled_from([4_000_000, 0]), st.integers(1, 9))
 def test_concordance_property_equals_lifelines(rows, cells, chunk):
-    saved = stats.HISTOGRAM_CELLS, stats.MIN_CHUNK
-    stats.HISTOGRAM_CELLS, stats.MIN_CHUNK = cells, chunk
+    saved = stats.HISTOGRAM_CELLS, stats._chunk_size
+    stats.HISTOGRAM_CELLS, stats._chunk_size = cells, lambda n, _kappa, _events: min(n, chunk)
     try:
         _check_concordance(rows)
     finally:
-        stats.HISTOGRAM_CELLS, stats.MIN_CHUNK = saved
+        stats.HISTOGRAM_CELLS, stats._chunk_size = saved
 
 
 def _check_concordance(rows):
