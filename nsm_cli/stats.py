@@ -251,6 +251,11 @@ def cox_fit(time: np.ndarray, event: np.ndarray, X: np.ndarray, *, penalizer: fl
         if len(idx) == 0:
             break
         delta = _solve(-hess[idx], grad[idx])
+        settled = np.abs(delta).max(axis=1) < tol  # the next step would be below tol: converged as it is
+        converged[idx[settled]] = done[idx[settled]] = True
+        idx, delta = idx[~settled], delta[~settled]
+        if len(idx) == 0:
+            break
         step = np.ones(len(idx))
         pending = np.arange(len(idx))
         for _halving in range(30):
@@ -264,7 +269,7 @@ def cox_fit(time: np.ndarray, event: np.ndarray, X: np.ndarray, *, penalizer: fl
             if len(pending) == 0:
                 break
         moved = np.abs(step[:, None] * delta).max(axis=1)
-        converged[idx] = (moved < tol) | (np.abs(delta).max(axis=1) < tol)
+        converged[idx] = moved < tol
         done[idx] = converged[idx] | (np.abs(beta[idx]).max(axis=1) > diverge_at) | (step < 1e-9)
     variance = np.linalg.pinv(-hess)
     flat = uninformed | (np.diagonal(-hess, axis1=1, axis2=2) <= 1e-12 * max(1, n))  # a covariate with no

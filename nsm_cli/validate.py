@@ -139,17 +139,17 @@ def clean_accounts(table: Table, settings: Settings, problems: Problems) -> tupl
     schema = table.frame.collect_schema()
     dated = {"signup": signup_col, "churn": churn_col, "expansion": exp_col}
     exprs = [text(id_col).alias(ID), pl.col(LINE)]
+    formats = {name: detect_date_formats(table.frame, col) for name, col in dated.items() if col is not None}
     for name, col in dated.items():
         if col is None:
             exprs.append(pl.lit(None, dtype=pl.Datetime("us")).alias(name))
             continue
-        formats = detect_date_formats(table.frame, col)
-        exprs += [parse_datetime(col, formats, schema[col]).alias(name), pl.col(col).alias(f"__raw_{name}")]
+        exprs += [parse_datetime(col, formats[name], schema[col]).alias(name), pl.col(col).alias(f"__raw_{name}")]
     exprs += [text(s).alias(f"segment:{s}") for s in segments]
     frame = table.frame.select(exprs).collect()
     for name, col in dated.items():
         if col is not None:
-            check_dates(frame, table, col, detect_date_formats(table.frame, col),
+            check_dates(frame, table, col, formats[name],
                         present=text(f"__raw_{name}").is_not_null(), bad=_bad_date(f"__raw_{name}", name),
                         problems=problems)
     mapping = {ID: id_col, "signup_date": signup_col, "churn_date": churn_col, "expansion_date": exp_col}
