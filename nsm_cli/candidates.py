@@ -206,8 +206,13 @@ def _config_metric(spec: CandidateSpec, usage: Usage, events: pl.LazyFrame, sett
     else:
         raise UsageError(f"candidate {spec.name}: aggregation {spec.aggregation!r} needs a column the usage "
                          "data does not have (users/per_user need user_id, sum needs value)")
-    return chosen.group_by(ID).agg(expr.cast(pl.Float64).alias(spec.name)).with_columns(
-        pl.col(ID).cast(pl.String)).collect()
+    try:
+        return chosen.group_by(ID).agg(expr.cast(pl.Float64).alias(spec.name)).with_columns(
+            pl.col(ID).cast(pl.String)).collect()
+    except pl.exceptions.PolarsError as exc:  # the filter is only type-checked when it runs
+        raise UsageError(f"candidate {spec.name}: cannot use filter {spec.filter!r}: "
+                         f"{str(exc).splitlines()[0]}; filters can use event, value and ts "
+                         "(user ids are hashed)") from None
 
 
 def _wide(long: pl.DataFrame, cohort: pl.DataFrame, candidates: list[Candidate], window_days: float) -> pl.DataFrame:

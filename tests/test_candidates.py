@@ -170,3 +170,13 @@ def test_event_aggregations_match_a_plain_group_by(events):
             fill = 31.0 if name.endswith("days_to_first") else 0.0
             want = expected.get(r["account_id"], {}).get(name, fill)
             assert value == pytest.approx(want, rel=1e-12, abs=1e-12), (r["account_id"], name)
+
+
+def test_filter_that_fails_when_run_is_a_usage_error():
+    """validate keeps user ids as 64-bit hashes, so a filter comparing them with text fails only when
+    the query runs; that must still be a clear UsageError (exit 2), not an internal error."""
+    hashed = EVENTS.with_columns(pl.col("user_id").hash(seed=0))
+    s = Settings(accounts="x", window_days=30,
+                 candidates=(CandidateSpec("u1_share.count", events=("share",), filter="user_id = 'u1'"),))
+    with pytest.raises(UsageError, match="cannot use filter.*user ids are hashed"):
+        build_event_candidates(Usage("events", hashed, has_user=True), _cohort(["a", "b", "c"]), s)
