@@ -192,7 +192,7 @@ def _config_candidates(specs: tuple[CandidateSpec, ...]) -> list[Candidate]:
 
 
 def _config_metric(spec: CandidateSpec, usage: Usage, events: pl.LazyFrame, settings: Settings) -> pl.DataFrame:
-    chosen = events.filter(pl.col("event").cast(pl.String).is_in(list(spec.events)))
+    chosen = events.filter(pl.col("event").is_in(list(spec.events)))
     if spec.filter:
         try:
             chosen = chosen.filter(pl.sql_expr(spec.filter))
