@@ -68,22 +68,6 @@ def slugs_for(names: list[str]) -> tuple[dict[str, str], list[DataWarning]]:
     return mapping, warnings
 
 
-def _event_aggs(usage: Usage, window_days: float) -> list[pl.Expr]:
-    """Aggregations over windowed events (which carry `__offset`, days since the window start)."""
-    day = pl.col("__offset").floor().cast(pl.Int32)
-    aggs = [
-        pl.len().cast(pl.Float64).alias("count"),
-        day.n_unique().cast(pl.Float64).alias("active_days"),
-        (day // 7).n_unique().cast(pl.Float64).alias("active_weeks"),
-        pl.col("__offset").min().alias("days_to_first"),
-    ]
-    if usage.has_user:
-        aggs.append(pl.col("user_id").drop_nulls().n_unique().cast(pl.Float64).alias("users"))
-    if usage.has_value:
-        aggs.append(pl.col("value").sum().alias("sum"))
-    return aggs
-
-
 def _fill_value(aggregation: str, window_days: float) -> float:
     return window_days + 1 if aggregation == "days_to_first" else 0.0
 
@@ -171,15 +155,14 @@ def build_event_candidates(usage: Usage, cohort: pl.DataFrame, settings: Setting
     candidates += [Candidate(f"{mapping[src]}.{agg}", src, agg, "events") for src in sources for agg in names]
     columns = {f"{slug}.{agg}": tables[agg][:, j] for agg in names
                for j, slug in enumerate(["any", *(mapping[src] for src in sources)])}
-    table = pl.DataFrame({ID: cohort[ID], **columns})
     configured = [c for c in _config_candidates(settings.candidates) if c.origin == "config"]
     for spec in settings.candidates:
+        if spec.name in columns:
+            raise UsageError(f"candidate {spec.name}: the name is taken by a built-in candidate; choose another")
         if spec.ratio is None:
-            table = table.join(_config_metric(spec, usage, events.lazy(), settings), on=ID, how="left",
-                               maintain_order="left")
-    metrics = table.with_columns(pl.col(c.name).fill_null(_fill_value(c.aggregation, settings.window_days))
-                                 for c in configured)
-    metrics, candidates = _add_ratios(metrics, [*candidates, *configured], settings.candidates)
+            columns[spec.name] = _config_metric(spec, usage, events, cohort.height, settings.window_days)
+    table = pl.DataFrame({ID: cohort[ID], **columns})
+    metrics, candidates = _add_ratios(table, [*candidates, *configured], settings.candidates)
     return _finish(metrics, candidates, warnings, settings.window_days)
 
 
@@ -191,28 +174,26 @@ def _config_candidates(specs: tuple[CandidateSpec, ...]) -> list[Candidate]:
     ]
 
 
-def _config_metric(spec: CandidateSpec, usage: Usage, events: pl.LazyFrame, settings: Settings) -> pl.DataFrame:
-    chosen = events.filter(pl.col("event").is_in(list(spec.events)))
+def _config_metric(spec: CandidateSpec, usage: Usage, events: pl.DataFrame, n_accounts: int,
+                   window_days: float) -> np.ndarray:
+    """A `[[candidate]]` metric: its events (and filter) taken together, aggregated like any event."""
+    chosen = events.lazy().filter(pl.col("event").is_in(list(spec.events)))
     if spec.filter:
         try:
             chosen = chosen.filter(pl.sql_expr(spec.filter))
         except Exception as exc:  # noqa: BLE001 - polars' SQL parser raises several types
             raise UsageError(f"candidate {spec.name}: cannot use filter {spec.filter!r}: {exc}") from None
-    aggs = {a.meta.output_name(): a for a in _event_aggs(usage, settings.window_days)}
-    if spec.aggregation == "per_user" and usage.has_user:
-        expr = pl.len() / pl.col("user_id").drop_nulls().n_unique()
-    elif spec.aggregation in aggs:
-        expr = aggs[spec.aggregation]
-    else:
-        raise UsageError(f"candidate {spec.name}: aggregation {spec.aggregation!r} needs a column the usage "
-                         "data does not have (users/per_user need user_id, sum needs value)")
     try:
-        return chosen.group_by(ID).agg(expr.cast(pl.Float64).alias(spec.name)).with_columns(
-            pl.col(ID).cast(pl.String)).collect()
+        rows = chosen.collect()
     except pl.exceptions.PolarsError as exc:  # the filter is only type-checked when it runs
         raise UsageError(f"candidate {spec.name}: cannot use filter {spec.filter!r}: "
                          f"{str(exc).splitlines()[0]}; filters can use event, value and ts "
                          "(user ids are hashed)") from None
+    tables = _event_tables(usage, rows, n_accounts, sorted(set(spec.events)), window_days)
+    if spec.aggregation not in tables:
+        raise UsageError(f"candidate {spec.name}: aggregation {spec.aggregation!r} needs a column the usage "
+                         "data does not have (users/per_user need user_id, sum needs value)")
+    return tables[spec.aggregation][:, 0]  # column 0: the chosen events together
 
 
 def _wide(long: pl.DataFrame, cohort: pl.DataFrame, candidates: list[Candidate], window_days: float) -> pl.DataFrame:

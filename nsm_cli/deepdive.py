@@ -164,7 +164,7 @@ def _cells(values: np.ndarray, index: stats.TimeIndex, grid: np.ndarray, horizon
     _, p = counts.logrank()
     with np.errstate(divide="ignore", invalid="ignore"):
         lift = ret_above / ret_below
-    return {"reach": (values[:, None] >= grid[None, :]).mean(axis=0), "retention_above": ret_above,
+    return {"reach": counts.leaving_above.sum(axis=0) / len(values), "retention_above": ret_above,
             "retention_below": ret_below, "ppv": ret_above, "npv": 1 - ret_below, "lift": lift, "p_value": p}
 
 

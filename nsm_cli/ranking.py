@@ -106,7 +106,7 @@ def find_threshold(values: np.ndarray, split: Split, horizon: float) -> Threshol
     above, below = (float(s[0]) for s in everyone.km_at(horizon))
     confirmed = bool(np.sign(hold_above - hold_below) == np.sign(train_above - train_below) and hold_p < ALPHA)
     return Threshold(
-        value=float(cut[0]), share_above=float((values >= cut[0]).mean()), retention_above=above,
+        value=float(cut[0]), share_above=float(everyone.leaving_above.sum() / len(values)), retention_above=above,
         retention_below=below, holdout_retention_above=hold_above, holdout_retention_below=hold_below,
         holdout_p_value=hold_p, holdout_confirmed=confirmed, logrank_p_value=float(everyone.logrank()[1][0]),
     )

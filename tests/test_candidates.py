@@ -180,3 +180,14 @@ def test_filter_that_fails_when_run_is_a_usage_error():
                  candidates=(CandidateSpec("u1_share.count", events=("share",), filter="user_id = 'u1'"),))
     with pytest.raises(UsageError, match="cannot use filter.*user ids are hashed"):
         build_event_candidates(Usage("events", hashed, has_user=True), _cohort(["a", "b", "c"]), s)
+
+
+def test_config_candidate_of_absent_events_is_all_fill_values_and_names_must_be_new(monkeypatch):
+    monkeypatch.setattr("nsm_cli.candidates.MIN_ACCOUNTS_WITH", 0)
+    monkeypatch.setattr("nsm_cli.candidates.MIN_SHARE_WITH", 0)
+    cs = _build([CandidateSpec("never.count", events=("nope",)), CandidateSpec("share_first", events=("share",),
+                                                                                 aggregation="days_to_first")])
+    assert "never.count" in dict(cs.skipped)  # constant 0: skipped with its reason
+    assert cs.metrics.sort("account_id")["share_first"].to_list() == [9 / 24, 31.0, 31.0]
+    with pytest.raises(UsageError, match="taken by a built-in"):
+        _build([CandidateSpec("share.count", events=("share",))])
