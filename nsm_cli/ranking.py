@@ -94,15 +94,17 @@ def find_threshold(values: np.ndarray, split: Split, horizon: float) -> Threshol
     grid = threshold_grid(tv, RANK_QUANTILES)
     if len(grid) == 0:
         return None
-    on_train = stats.CutCounts.of(split.full, values, grid, train)
+    level = stats.cut_levels(values, grid)
+    on_train = stats.CutCounts.of_levels(split.full, level, len(grid), train)
     z, _ = on_train.logrank()  # maximally selected log-rank statistic
     best = int(np.nanargmax(np.abs(z))) if np.isfinite(z).any() else 0
     cut = grid[best : best + 1]
     train_above, train_below = (s[best] for s in on_train.km_at(horizon))
-    holdout = stats.CutCounts.of(split.full, values, cut, ~train)
+    at_cut = (level > best).astype(np.int64)  # the chosen cut as the only one: level 1 = at or above it
+    holdout = stats.CutCounts.of_levels(split.full, at_cut, 1, ~train)
     hold_above, hold_below = (float(s[0]) for s in holdout.km_at(horizon))
     hold_p = float(holdout.logrank()[1][0])
-    everyone = stats.CutCounts.of(split.full, values, cut)
+    everyone = stats.CutCounts.of_levels(split.full, at_cut, 1)
     above, below = (float(s[0]) for s in everyone.km_at(horizon))
     confirmed = bool(np.sign(hold_above - hold_below) == np.sign(train_above - train_below) and hold_p < ALPHA)
     return Threshold(

@@ -547,6 +547,11 @@ def _km_product(leaving: np.ndarray, dying: np.ndarray, n_t: int) -> np.ndarray:
     return np.prod(factor, axis=0)
 
 
+def cut_levels(values: np.ndarray, cuts: np.ndarray) -> np.ndarray:
+    """How many of the ascending `cuts` each value reaches: value >= cuts[j] exactly when level > j."""
+    return np.searchsorted(cuts, values, side="right")
+
+
 @dataclass(frozen=True, slots=True)
 class CutCounts:
     """Accounts leaving and events per distinct time of `index`, among the accounts in `rows`: in
@@ -562,8 +567,12 @@ class CutCounts:
 
     @classmethod
     def of(cls, index: TimeIndex, values: np.ndarray, cuts: np.ndarray, rows: np.ndarray | None = None) -> CutCounts:
-        q = len(cuts)
-        level = np.searchsorted(cuts, values, side="right")  # value >= cuts[j] exactly when level > j
+        """`cuts` ascending."""
+        return cls.of_levels(index, cut_levels(values, cuts), len(cuts), rows)
+
+    @classmethod
+    def of_levels(cls, index: TimeIndex, level: np.ndarray, q: int, rows: np.ndarray | None = None) -> CutCounts:
+        """From `cut_levels`: each account's number of cuts reached (0..q)."""
         if rows is not None:
             level = np.where(rows, level, q + 1)  # a column for the accounts left out, dropped below
         leaving, events = index.counts(level, q + 2)
