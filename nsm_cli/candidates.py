@@ -146,7 +146,8 @@ def _event_tables(usage: Usage, events: pl.DataFrame, n_accounts: int, sources: 
 
 
 def build_event_candidates(usage: Usage, cohort: pl.DataFrame, settings: Settings) -> CandidateSet:
-    events = windowed_events(usage, cohort).collect()  # materialised once, aggregated several ways
+    # materialised once, aggregated several ways; only what the aggregations and filters read
+    events = windowed_events(usage, cohort).drop(ID, "window_start", "landmark").collect()
     sources = sorted(usage.frame["event"].unique().cast(pl.String).drop_nulls().to_list())
     mapping, warnings = slugs_for(sources)
     tables = _event_tables(usage, events, cohort.height, sources, settings.window_days)
