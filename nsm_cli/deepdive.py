@@ -410,7 +410,7 @@ def decide(candidate: CandidateResult, aha: dict, stability: dict, confounding: 
     c = 0.5 + sign * (candidate.churn.concordance - 0.5)
     q = candidate.churn.q_value
     confirmed = bool(aha.get("best") and aha["best"]["holdout_confirmed"])
-    reasons = [f"concordance {c:.2f}, q = {q:.2g}",
+    reasons = [f"concordance {c:.2f}, " + ("q < 1e-300" if q == 0 else f"q = {q:.2g}"),  # 0: below double precision
                "threshold confirmed on the holdout" if confirmed else "threshold not confirmed on the holdout",
                "stable across cohorts and segments" if stability["stable"] else
                "unstable: " + "; ".join(stability["problems"][:3]),

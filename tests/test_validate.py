@@ -84,3 +84,15 @@ def test_calendar_landmark_measures_lead_times():
     assert [r["lead_days"] for r in rows] == [0.0, 30.0, 60.0]
     assert all(0 <= r["concordance"] <= 1 for r in rows)
     assert report.stability["overall"]["accounts"] == report.candidate.churn.n_accounts
+
+
+def test_verdict_names_a_q_value_below_double_precision_instead_of_zero():
+    from types import SimpleNamespace
+
+    from nsm_cli.deepdive import decide
+
+    evidence = ({"best": {"holdout_confirmed": True}}, {"stable": True, "problems": []}, {"keeps_effect": True}, 1.0)
+    for q, text in ((0.0, "q < 1e-300"), (5.6e-23, "q = 5.6e-23")):
+        candidate = SimpleNamespace(churn=SimpleNamespace(concordance=0.7, q_value=q), flags=[])
+        verdict, reasons = decide(candidate, *evidence)
+        assert verdict == "strong" and reasons[0] == f"concordance 0.70, {text}"
