@@ -202,14 +202,10 @@ def aha_scan(metric: str, by_window: dict[float, Prepared], settings: Settings, 
         r["q_value"] = float(qv)
     _, best_i, values, split = max(choices, key=lambda c: (c[0], -c[1]))
     best = dict(rows[best_i])
-    train = split.train
-    holdout = stats.CutCounts.of(split.full, values, np.array([best["threshold"]]), ~train)
-    hold_surv = [float(s[0]) for s in holdout.km_at(horizon)]
-    hold_p = float(holdout.logrank()[1][0])
-    best.update(holdout_retention_above=float(hold_surv[0]), holdout_retention_below=float(hold_surv[1]),
-                holdout_p_value=hold_p,
-                holdout_confirmed=bool(sign * (hold_surv[0] - hold_surv[1]) > 0 and hold_p < ALPHA))
-    best["ci_low"], best["ci_high"] = _bootstrap_threshold(values, split.outcome, train, sign, settings.seed)
+    hold_above, hold_below, hold_p = split.holdout((values >= best["threshold"]).astype(np.int64), horizon)
+    best.update(holdout_retention_above=hold_above, holdout_retention_below=hold_below, holdout_p_value=hold_p,
+                holdout_confirmed=bool(sign * (hold_above - hold_below) > 0 and hold_p < ALPHA))
+    best["ci_low"], best["ci_high"] = _bootstrap_threshold(values, split.outcome, split.train, sign, settings.seed)
     return {"grid": rows, "best": best, "sentence": _sentence(metric, best, horizon, sign)}
 
 

@@ -68,6 +68,13 @@ class Split:
     def of(cls, outcome: OutcomeData, train: np.ndarray) -> Split:
         return cls(outcome, train, stats.TimeIndex.of(outcome.time, outcome.event))
 
+    def holdout(self, at_cut: np.ndarray, horizon: float) -> tuple[float, float, float]:
+        """On the holdout half, for `at_cut` (1 = at or above the chosen cut, 0 = below): KM survival at
+        `horizon` above and below, and the log-rank p."""
+        counts = stats.CutCounts.of_levels(self.full, at_cut, 1, ~self.train)
+        above, below = (float(s[0]) for s in counts.km_at(horizon))
+        return above, below, float(counts.logrank()[1][0])
+
 
 def threshold_grid(values: np.ndarray, quantiles: np.ndarray) -> np.ndarray:
     """Candidate cuts t (from the quantiles of `values`) that leave >= 10% of accounts on each side of
@@ -98,17 +105,14 @@ def find_threshold(values: np.ndarray, split: Split, horizon: float) -> Threshol
     on_train = stats.CutCounts.of_levels(split.full, level, len(grid), train)
     z, _ = on_train.logrank()  # maximally selected log-rank statistic
     best = int(np.nanargmax(np.abs(z))) if np.isfinite(z).any() else 0
-    cut = grid[best : best + 1]
     train_above, train_below = (s[best] for s in on_train.km_at(horizon))
     at_cut = (level > best).astype(np.int64)  # the chosen cut as the only one: level 1 = at or above it
-    holdout = stats.CutCounts.of_levels(split.full, at_cut, 1, ~train)
-    hold_above, hold_below = (float(s[0]) for s in holdout.km_at(horizon))
-    hold_p = float(holdout.logrank()[1][0])
+    hold_above, hold_below, hold_p = split.holdout(at_cut, horizon)
     everyone = stats.CutCounts.of_levels(split.full, at_cut, 1)
     above, below = (float(s[0]) for s in everyone.km_at(horizon))
     confirmed = bool(np.sign(hold_above - hold_below) == np.sign(train_above - train_below) and hold_p < ALPHA)
     return Threshold(
-        value=float(cut[0]), share_above=float(everyone.leaving_above.sum() / len(values)), retention_above=above,
+        value=float(grid[best]), share_above=float(everyone.leaving_above.sum() / len(values)), retention_above=above,
         retention_below=below, holdout_retention_above=hold_above, holdout_retention_below=hold_below,
         holdout_p_value=hold_p, holdout_confirmed=confirmed, logrank_p_value=float(everyone.logrank()[1][0]),
     )

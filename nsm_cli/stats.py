@@ -527,18 +527,6 @@ def km_at_masks(time: np.ndarray, event: np.ndarray, masks: np.ndarray, horizon:
     return _km_product(leaving, np.add.reduceat(m * idx.event[idx.order, None], idx.starts, axis=0), n_t)
 
 
-def _logrank_z(leaving1: np.ndarray, d1: np.ndarray, leaving: np.ndarray, d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Log-rank z and p per column from per-time counts: accounts leaving and events in group 1
-    (T, Q) and in all (T,). Times where nobody is at risk add nothing."""
-    n1 = _revcumsum(leaving1, axis=0)
-    n, d = _revcumsum(leaving, axis=0)[:, None], d[:, None]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        expected = np.where(n > 0, n1 * d / n, 0.0).sum(axis=0)
-        var = np.where(n > 1, n1 * (n - n1) * d * (n - d) / (n**2 * (n - 1)), 0.0).sum(axis=0)
-        z = (d1.sum(axis=0) - expected) / np.sqrt(var)
-    return z, 2 * normal_sf(np.abs(z))
-
-
 def _km_product(leaving: np.ndarray, dying: np.ndarray, n_t: int) -> np.ndarray:
     """KM survival after the first `n_t` distinct times, per column of per-time counts (T, Q)."""
     at_risk = _revcumsum(leaving, axis=0)[:n_t]
@@ -582,7 +570,13 @@ class CutCounts:
 
     def logrank(self) -> tuple[np.ndarray, np.ndarray]:
         """Signed z (> 0: the 'above' group has more events than expected) and p, per cut."""
-        return _logrank_z(self.leaving_above, self.events_above, self.leaving, self.events)
+        n1 = _revcumsum(self.leaving_above, axis=0)
+        n, d = _revcumsum(self.leaving, axis=0)[:, None], self.events[:, None]
+        with np.errstate(divide="ignore", invalid="ignore"):  # times where nobody is at risk add nothing
+            expected = np.where(n > 0, n1 * d / n, 0.0).sum(axis=0)
+            var = np.where(n > 1, n1 * (n - n1) * d * (n - d) / (n**2 * (n - 1)), 0.0).sum(axis=0)
+            z = (self.events_above.sum(axis=0) - expected) / np.sqrt(var)
+        return z, 2 * normal_sf(np.abs(z))
 
     def km_at(self, horizon: float) -> tuple[np.ndarray, np.ndarray]:
         """KM survival at `horizon` above and below each cut."""
