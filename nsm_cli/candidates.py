@@ -148,7 +148,7 @@ def _event_tables(usage: Usage, events: pl.DataFrame, n_accounts: int, sources: 
 def build_event_candidates(usage: Usage, cohort: pl.DataFrame, settings: Settings) -> CandidateSet:
     # materialised once, aggregated several ways; only what the aggregations and filters read
     events = windowed_events(usage, cohort).drop(ID, "window_start", "landmark").collect()
-    sources = sorted(usage.frame["event"].unique().cast(pl.String).drop_nulls().to_list())
+    sources = list(usage.event_names)
     mapping, warnings = slugs_for(sources)
     tables = _event_tables(usage, events, cohort.height, sources, settings.window_days)
     names = list(tables)

@@ -46,6 +46,7 @@ class Usage:
     measures: tuple[str, ...] = ()
     has_user: bool = False
     has_value: bool = False
+    event_names: tuple[str, ...] = ()  # events: the event types analysed, sorted (set by `restrict_usage`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -434,9 +435,10 @@ def restrict_usage(usage: Usage, accounts: pl.DataFrame, as_of: datetime, settin
     if silent:
         problems.warn("accounts_without_usage", f"{silent} account(s) have no usage rows at all; they count as 0 "
                       "for every candidate (not dropped)", count=silent, file=table.name, column=ID)
+    names: tuple[str, ...] = ()
     if usage.kind == "events":
-        frame = _cap_events(frame, settings.max_events, table, problems)
-    return Usage(usage.kind, frame.drop(LINE), usage.measures, usage.has_user, usage.has_value)
+        frame, names = _cap_events(frame, settings.max_events, table, problems)
+    return Usage(usage.kind, frame.drop(LINE), usage.measures, usage.has_user, usage.has_value, names)
 
 
 def _drop_late_rows(frame: pl.DataFrame, known: pl.DataFrame, as_of: datetime, table: Table,
@@ -463,14 +465,16 @@ def _warn_before_signup(frame: pl.DataFrame, known: pl.DataFrame, table: Table, 
                   advice="check the signup dates or the event time zone")
 
 
-def _cap_events(frame: pl.DataFrame, max_events: int, table: Table, problems: Problems) -> pl.DataFrame:
+def _cap_events(frame: pl.DataFrame, max_events: int, table: Table,
+                problems: Problems) -> tuple[pl.DataFrame, tuple[str, ...]]:
+    """Keep the `max_events` event types with the most rows; also returns the names kept, sorted."""
     volumes = frame.group_by("event").len().with_columns(pl.col("event").cast(pl.String))
     volumes = volumes.sort(["len", "event"], descending=[True, False])
     if volumes.height <= max_events:
-        return frame
+        return frame, tuple(sorted(volumes["event"]))
     kept = volumes.head(max_events)["event"]
     dropped = volumes.height - max_events
     problems.warn("events_capped", f"{volumes.height} distinct event types; kept the {max_events} with the most "
                   f"rows and ignored {dropped} rarer ones", count=dropped, file=table.name, column="event",
                   advice="raise --max-events to analyse more")
-    return frame.filter(pl.col("event").cast(pl.String).is_in(kept.implode()))
+    return frame.filter(pl.col("event").cast(pl.String).is_in(kept.implode())), tuple(sorted(kept))

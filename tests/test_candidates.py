@@ -36,10 +36,15 @@ EVENTS = pl.DataFrame({
 })
 
 
+def _usage(events: pl.DataFrame, **flags) -> Usage:
+    """An event log as validate leaves it, with the event types present."""
+    return Usage("events", events, event_names=tuple(sorted(events["event"].unique())), **flags)
+
+
 def _build(specs=(), min_rows=True):
     s = Settings(accounts="x", window_days=30, candidates=tuple(specs))
     cohort = _cohort(["a", "b", "c"])
-    return build_event_candidates(Usage("events", EVENTS, has_user=True), cohort, s)
+    return build_event_candidates(_usage(EVENTS, has_user=True), cohort, s)
 
 
 def test_event_aggregations_by_hand(monkeypatch):
@@ -115,7 +120,7 @@ def test_an_event_called_any_does_not_clash_with_all_events(monkeypatch):
     monkeypatch.setattr("nsm_cli.candidates.MIN_SHARE_WITH", 0)
     events = EVENTS.with_columns(pl.col("event").replace({"login": "any"}))
     s = Settings(accounts="x", window_days=30)
-    cs = build_event_candidates(Usage("events", events, has_user=True), _cohort(["a", "b", "c"]), s)
+    cs = build_event_candidates(_usage(events, has_user=True), _cohort(["a", "b", "c"]), s)
     m = cs.metrics.sort("account_id")
     assert m["any.count"].to_list() == [4.0, 1.0, 0.0]  # every event
     assert m["any_2.count"].to_list() == [1.0, 1.0, 0.0]  # the event named "any"
@@ -161,7 +166,7 @@ def test_event_aggregations_match_a_plain_group_by(events):
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr("nsm_cli.candidates.MIN_ACCOUNTS_WITH", 0)
         mp.setattr("nsm_cli.candidates.MIN_SHARE_WITH", 0)
-        metrics = build_event_candidates(Usage("events", events, has_user=True, has_value=True), cohort, s).metrics
+        metrics = build_event_candidates(_usage(events, has_user=True, has_value=True), cohort, s).metrics
     expected = _reference(events, cohort, 30.0)
     for r in metrics.iter_rows(named=True):
         for name, value in r.items():
@@ -179,7 +184,7 @@ def test_filter_that_fails_when_run_is_a_usage_error():
     s = Settings(accounts="x", window_days=30,
                  candidates=(CandidateSpec("u1_share.count", events=("share",), filter="user_id = 'u1'"),))
     with pytest.raises(UsageError, match="cannot use filter.*user ids are hashed"):
-        build_event_candidates(Usage("events", hashed, has_user=True), _cohort(["a", "b", "c"]), s)
+        build_event_candidates(_usage(hashed, has_user=True), _cohort(["a", "b", "c"]), s)
 
 
 def test_config_candidate_of_absent_events_is_all_fill_values_and_names_must_be_new(monkeypatch):
