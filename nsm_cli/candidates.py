@@ -17,6 +17,8 @@ import polars as pl
 
 from nsm_cli.config import CandidateSpec, Settings
 from nsm_cli.errors import DataWarning, UsageError
+from nsm_cli.load import LINE
+from nsm_cli.outcomes import window_bounds
 from nsm_cli.validate import Usage
 
 ID = "account_id"
@@ -72,15 +74,52 @@ def _fill_value(aggregation: str, window_days: float) -> float:
     return window_days + 1 if aggregation == "days_to_first" else 0.0
 
 
-def windowed_events(usage: Usage, cohort: pl.DataFrame) -> pl.LazyFrame:
-    """Usage rows inside each account's window [window_start, landmark), with `__offset` in days
-    and `__row`, the account's row in `cohort`."""
-    bounds = cohort.select(pl.col(ID).cast(usage.frame.schema[ID]), "window_start", "landmark").with_row_index("__row")
+def in_window(rows: pl.LazyFrame) -> pl.LazyFrame:
+    """Usage rows (with their account's `window_start` and `landmark`) inside [window_start,
+    landmark), with `__offset` in days; the bounds themselves dropped."""
     return (
-        usage.frame.lazy().join(bounds.lazy(), on=ID, how="inner")
-        .filter((pl.col("ts") >= pl.col("window_start")) & (pl.col("ts") < pl.col("landmark")))
+        rows.filter((pl.col("ts") >= pl.col("window_start")) & (pl.col("ts") < pl.col("landmark")))
         .with_columns(__offset=(pl.col("ts") - pl.col("window_start")).dt.total_microseconds() / 86_400_000_000)
+        .drop("window_start", "landmark", "signup", LINE, strict=False)
     )
+
+
+def windowed_events(usage: Usage, cohort: pl.DataFrame) -> pl.LazyFrame:
+    """Usage rows inside the windows of `cohort`'s accounts, `__row` = the account's row in `cohort`."""
+    frame = usage.frame.lazy()
+    bounds = cohort.select(pl.col(ID).cast(frame.collect_schema()[ID]), "window_start", "landmark").with_row_index("__row")
+    return in_window(frame.join(bounds.lazy(), on=ID, how="inner"))
+
+
+@dataclass(frozen=True, slots=True)
+class WindowedEvents:
+    """The events inside each account's window under one window setting, taken in the validation scan
+    (so the event log is read once): `__row` indexes `accounts`."""
+
+    rows: pl.DataFrame
+    accounts: pl.Series
+    window: tuple[float, object]  # (window_days, landmark)
+
+    @staticmethod
+    def plan(known: pl.LazyFrame, settings: Settings) -> pl.LazyFrame:
+        """From the usage rows of known accounts, carrying `__row` and `signup` (as validation joins them)."""
+        return in_window(known.with_columns(**window_bounds(settings))).drop(ID)  # only what candidates read
+
+    @classmethod
+    def taken(cls, rows: pl.DataFrame, accounts: pl.Series, settings: Settings) -> WindowedEvents:
+        """The result of `plan` under `settings`."""
+        return cls(rows, accounts, (settings.window_days, settings.landmark))
+
+    def fits(self, settings: Settings) -> bool:
+        return self.window == (settings.window_days, settings.landmark)
+
+    def of_cohort(self, cohort: pl.DataFrame, sources: list[str]) -> pl.DataFrame:
+        """The rows of `cohort`'s accounts and of the event types in `sources`, `__row` re-pointed at `cohort`."""
+        row_of = (pl.DataFrame({ID: self.accounts}).join(cohort.select(ID).with_row_index("__c"), on=ID, how="left",
+                                                          maintain_order="left")["__c"].fill_null(-1).to_numpy())
+        row = row_of[self.rows["__row"].to_numpy()]
+        keep = (row >= 0) & self.rows["event"].cast(pl.String).is_in(sources).to_numpy()
+        return self.rows.filter(pl.Series(keep)).with_columns(pl.Series("__row", row[keep], dtype=pl.UInt32))
 
 
 def _distinct(key: np.ndarray) -> np.ndarray:
@@ -145,10 +184,15 @@ def _event_tables(usage: Usage, events: pl.DataFrame, n_accounts: int, sources: 
     return tables
 
 
-def build_event_candidates(usage: Usage, cohort: pl.DataFrame, settings: Settings) -> CandidateSet:
-    # materialised once, aggregated several ways; only what the aggregations and filters read
-    events = windowed_events(usage, cohort).drop(ID, "window_start", "landmark").collect()
+def build_event_candidates(usage: Usage, cohort: pl.DataFrame, settings: Settings,
+                           windowed: WindowedEvents | None = None) -> CandidateSet:
+    """Candidates of an event log for `cohort`'s accounts: from `windowed` when it was taken for these
+    settings, else from a new (streaming) scan. The windowed events are aggregated several ways."""
     sources = list(usage.event_names)
+    if windowed is not None and windowed.fits(settings):
+        events = windowed.of_cohort(cohort, sources)
+    else:
+        events = windowed_events(usage, cohort).drop(ID).collect(engine="streaming")
     mapping, warnings = slugs_for(sources)
     tables = _event_tables(usage, events, cohort.height, sources, settings.window_days)
     names = list(tables)
@@ -233,12 +277,12 @@ def build_periodic_candidates(usage: Usage, cohort: pl.DataFrame, settings: Sett
     """Wide periodic table: sum/mean/active_periods per measure; snapshot: the value itself."""
     mapping, warnings = slugs_for(list(usage.measures))
     if usage.kind == "snapshot":
-        frame = usage.frame.group_by(ID).agg(pl.col(m).sum() for m in usage.measures)
+        frame = usage.frame.lazy().group_by(ID).agg(pl.col(m).sum() for m in usage.measures).collect()
         candidates = [Candidate(f"{mapping[m]}.value", m, "value", "snapshot") for m in usage.measures]
         long = frame.unpivot(index=ID, on=list(usage.measures), variable_name="__m", value_name="__v").select(
             ID, name=pl.col("__m").replace_strict(mapping, return_dtype=pl.String) + ".value", value=pl.col("__v"))
     else:
-        rows = windowed_events(usage, cohort).collect()
+        rows = windowed_events(usage, cohort).collect()  # periodic tables are small
         aggs = [e for m in usage.measures for e in (
             pl.col(m).sum().alias(f"{mapping[m]}.sum"), pl.col(m).mean().alias(f"{mapping[m]}.mean"),
             (pl.col(m) > 0).sum().cast(pl.Float64).alias(f"{mapping[m]}.active_periods"))]

@@ -34,7 +34,7 @@ class InspectReport:
 def inspect_inputs(settings: Settings) -> InspectReport:
     """Load and check every input; never raises InputError (it becomes `fatal`)."""
     try:
-        inputs = load_inputs(settings)
+        inputs = load_inputs(settings, with_windows=False)
     except InputError as exc:
         return InspectReport(fatal=str(exc))
     cohort = build_cohort(inputs.accounts, inputs.mrr, settings, inputs.as_of,
@@ -56,15 +56,18 @@ def inspect_inputs(settings: Settings) -> InspectReport:
                          tuple(w.to_dict() for w in inputs.problems.warnings), fatal)
 
 
-def _event_profile(events: pl.DataFrame, accounts: pl.DataFrame) -> dict[str, Any]:
-    per_type = events.group_by("event").agg(pl.len().alias("rows"), pl.col("account_id").n_unique().alias("accounts"))
+def _event_profile(events: pl.LazyFrame, accounts: pl.DataFrame) -> dict[str, Any]:
+    per_pair = events.group_by("event", "account_id").agg(
+        pl.len().alias("rows"), pl.col("ts").min().alias("first"), pl.col("ts").max().alias("last"),
+    ).collect(engine="streaming")
+    per_type = per_pair.group_by("event").agg(pl.col("rows").sum(), pl.len().alias("accounts"))
     per_type = per_type.sort(["rows", "event"], descending=[True, False])
     top, rest = per_type.head(TOP_EVENTS), per_type.slice(TOP_EVENTS)
-    with_usage = events["account_id"].n_unique()
+    rows = int(per_type["rows"].sum())
     return {
-        "rows": events.height, "event_types": per_type.height,
-        "first": events["ts"].min().isoformat() if events.height else None,
-        "last": events["ts"].max().isoformat() if events.height else None,
+        "rows": rows, "event_types": per_type.height,
+        "first": per_pair["first"].min().isoformat() if rows else None,
+        "last": per_pair["last"].max().isoformat() if rows else None,
         "top": top.to_dicts(), "other_types": rest.height, "other_rows": int(rest["rows"].sum()),
-        "accounts_without_events": accounts.height - with_usage,
+        "accounts_without_events": accounts.height - per_pair["account_id"].n_unique(),
     }

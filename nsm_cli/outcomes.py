@@ -81,15 +81,19 @@ def derive_from_mrr(accounts: pl.DataFrame, mrr: pl.DataFrame, settings: Setting
     return out.drop("last_mrr", "last_ts", "mrr_churn", "base_mrr", "mrr_expansion")
 
 
+def window_bounds(settings: Settings) -> dict[str, pl.Expr]:
+    """`window_start` and `landmark` of an account (with a `signup` column) under `settings`."""
+    window = timedelta(days=settings.window_days)
+    if settings.landmark is not None:
+        return {"window_start": pl.lit(settings.landmark - window, dtype=pl.Datetime("us")),
+                "landmark": pl.lit(settings.landmark, dtype=pl.Datetime("us"))}
+    return {"window_start": pl.col("signup"), "landmark": pl.col("signup") + window}
+
+
 def build_cohort(accounts: pl.DataFrame, mrr: pl.DataFrame | None, settings: Settings, as_of: datetime, *,
                  has_churn_column: bool, has_expansion_column: bool) -> Cohort:
     """Landmarks, exclusions by reason, and churn/expansion times from the landmark."""
-    window = timedelta(days=settings.window_days)
-    if settings.landmark is not None:
-        frame = accounts.with_columns(landmark=pl.lit(settings.landmark, dtype=pl.Datetime("us")),
-                                      window_start=pl.lit(settings.landmark - window, dtype=pl.Datetime("us")))
-    else:
-        frame = accounts.with_columns(window_start=pl.col("signup"), landmark=pl.col("signup") + window)
+    frame = accounts.with_columns(**window_bounds(settings))
     has_expansion = has_expansion_column or mrr is not None
     frame = frame.with_columns(__exp_known=pl.lit(has_expansion_column))
     if mrr is not None:

@@ -13,7 +13,13 @@ import numpy as np
 import polars as pl
 
 from nsm_cli import __version__, stats
-from nsm_cli.candidates import CandidateSet, build_event_candidates, build_periodic_candidates, coverage
+from nsm_cli.candidates import (
+    CandidateSet,
+    WindowedEvents,
+    build_event_candidates,
+    build_periodic_candidates,
+    coverage,
+)
 from nsm_cli.config import Settings
 from nsm_cli.errors import InputError, InsufficientDataError
 from nsm_cli.evidence import MetricMatrix, OutcomeData, gather_evidence, segment_design
@@ -23,6 +29,7 @@ from nsm_cli.ranking import CandidateFacts, Split, find_threshold, holdout_split
 from nsm_cli.results import DataSummary, Report
 from nsm_cli.validate import Problems, Usage, clean_accounts, clean_mrr, clean_usage, latest_date, restrict_usage
 
+ID = "account_id"
 MIN_ACCOUNTS = 30
 MIN_EVENTS = 10
 Progress = Callable[[str], None]
@@ -41,12 +48,14 @@ class Inputs:
     has_churn_column: bool
     has_expansion_column: bool
     problems: Problems
+    windowed: WindowedEvents | None  # an event log's rows inside the windows of `Settings`, taken with the checks
 
 
-def load_inputs(settings: Settings) -> Inputs:
-    """Read and clean every input. Encoding errors deep inside a large file become InputError."""
+def load_inputs(settings: Settings, *, with_windows: bool = True) -> Inputs:
+    """Read and clean every input; with `with_windows`, an event log's rows inside the windows of
+    `settings` are taken in the same scan. Encoding errors deep inside a large file become InputError."""
     try:
-        return _load_inputs(settings)
+        return _load_inputs(settings, with_windows)
     except pl.exceptions.ComputeError as exc:
         if "utf-8" not in str(exc).lower() and "utf8" not in str(exc).lower():
             raise
@@ -54,7 +63,7 @@ def load_inputs(settings: Settings) -> Inputs:
                          "the start of a file); re-export it as UTF-8") from None
 
 
-def _load_inputs(settings: Settings) -> Inputs:
+def _load_inputs(settings: Settings, with_windows: bool) -> Inputs:
     problems = Problems()
     accounts_table = read_table(settings.accounts, what="accounts")
     accounts, in_file, segments = clean_accounts(accounts_table, settings, problems)
@@ -64,7 +73,13 @@ def _load_inputs(settings: Settings) -> Inputs:
     roles = next(f.columns for f in problems.files if f.role == "accounts")  # as clean_accounts mapped them
     has_churn, has_exp = "churn_date" in roles, "expansion_date" in roles
     usage_table = read_table(settings.usage, what="usage") if settings.usage else None
-    usage = clean_usage(usage_table, settings, problems) if usage_table else None
+    usage, windowed = None, None
+    if usage_table:
+        def window_rows(known: pl.LazyFrame) -> list[pl.LazyFrame]:  # taken in the same scan as the checks
+            return [WindowedEvents.plan(known, settings)]
+
+        usage, frames = clean_usage(usage_table, settings, problems, accounts, also=window_rows if with_windows else None)
+        windowed = WindowedEvents.taken(frames[0], accounts[ID], settings) if frames else None
     mrr = clean_mrr(read_table(settings.mrr, what="MRR"), settings, problems) if settings.mrr else None
     as_of = settings.as_of or latest_date(accounts, usage, mrr)
     if accounts.height and accounts["signup"].min() > as_of:
@@ -73,9 +88,9 @@ def _load_inputs(settings: Settings) -> Inputs:
     if usage is not None and usage_table is not None:
         usage = restrict_usage(usage, accounts, as_of, settings, usage_table, problems)
     if mrr is not None:
-        mrr = mrr.filter(pl.col("account_id").is_in(accounts["account_id"].implode()) & (pl.col("ts") <= as_of))
+        mrr = mrr.filter(pl.col(ID).is_in(accounts[ID].implode()) & (pl.col("ts") <= as_of))
     return Inputs(accounts.drop("__line", "__file", strict=False), usage, mrr, as_of, segments, in_file,
-                  has_churn, has_exp, problems)
+                  has_churn, has_exp, problems, windowed)
 
 
 def _outcomes(cohort: Cohort, horizon: float) -> tuple[OutcomeData, OutcomeData | None]:
@@ -113,7 +128,7 @@ def build_candidates(inputs: Inputs, cohort: Cohort, settings: Settings) -> Cand
     if inputs.usage is None:
         raise InputError("no usage data: pass --usage FILE (an event log, a periodic table or a per-account table)")
     if inputs.usage.kind == "events":
-        return build_event_candidates(inputs.usage, cohort.frame, settings)
+        return build_event_candidates(inputs.usage, cohort.frame, settings, inputs.windowed)
     return build_periodic_candidates(inputs.usage, cohort.frame, settings)
 
 

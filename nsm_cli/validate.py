@@ -7,6 +7,7 @@ silently. Problems that make the analysis impossible raise `InputError` (exit co
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -34,19 +35,72 @@ ID = "account_id"
 
 @dataclass(frozen=True, slots=True)
 class Usage:
-    """Usage data in one of three shapes.
+    """Usage data in one of three shapes, as a lazy frame: an event log is streamed from its file
+    each time it is read and never held in memory whole; the other shapes are small and in memory.
 
     - `events`: account_id, ts, event, [user_id], [value]
     - `wide`: account_id, ts (the period date), one Float64 column per measure
     - `snapshot`: account_id, one Float64 column per measure (no time; taken as in-window)
+
+    Cleaning also leaves `counts` (what `restrict_usage` reports) and `restrict_usage` the
+    `event_names` analysed.
     """
 
     kind: str
-    frame: pl.DataFrame
+    frame: pl.LazyFrame | pl.DataFrame
     measures: tuple[str, ...] = ()
     has_user: bool = False
     has_value: bool = False
-    event_names: tuple[str, ...] = ()  # events: the event types analysed, sorted (set by `restrict_usage`)
+    counts: UsageCounts | None = None
+    event_names: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class UsageCounts:
+    """What `restrict_usage` reports, counted while cleaning (in the same scan, for an event log).
+
+    Rows kept by cleaning: of accounts not in the accounts file (per id: rows, first line); of known
+    accounts (rows, accounts with any); after --as-of and before signup (with first lines); per event
+    type (known accounts, up to --as-of); the latest time."""
+
+    unknown: pl.DataFrame  # account_id, rows, line
+    known_rows: int
+    known_accounts: int
+    late: int
+    late_line: int | None
+    early: int
+    early_line: int | None
+    per_event: pl.DataFrame | None  # event (String), rows
+    last: datetime | None
+
+    @staticmethod
+    def plans(kept: pl.LazyFrame, accounts: pl.DataFrame, as_of: datetime | None) -> tuple[pl.LazyFrame, list[pl.LazyFrame]]:
+        """The rows of known accounts (with `__row`, the account's row in `accounts`, and `signup`) and
+        the plans whose results `of` reads."""
+        schema = kept.collect_schema()
+        known = kept.join(accounts.select(ID, "signup").with_row_index("__row").lazy(), on=ID, how="inner")
+        late = pl.col("ts") > as_of if "ts" in schema and as_of is not None else pl.lit(False)
+        aggs = [pl.len().alias("rows"), pl.col("__row").n_unique().alias("accounts")]
+        if "ts" in schema:
+            aggs += counted("late", late) + counted("early", (pl.col("ts") < pl.col("signup")) & ~late)
+        plans = [kept.select(pl.len().alias("rows"), *([pl.col("ts").max().alias("last")] if "ts" in schema else [])),
+                 known.select(aggs)]
+        if "event" in schema:
+            plans.append(known.filter(~late).group_by("event").agg(pl.len().alias("rows")))
+        return known, plans
+
+    @classmethod
+    def of(cls, frames: list[pl.DataFrame], kept: pl.LazyFrame, accounts: pl.DataFrame) -> UsageCounts:
+        """From the results of `plans`; rows of unknown accounts, if any, are looked up with one more scan."""
+        everything, known, *per_event = (f.row(0, named=True) if i < 2 else f for i, f in enumerate(frames))
+        unknown = pl.DataFrame(schema={ID: pl.String, "rows": pl.UInt32, "line": pl.Int64})
+        if everything["rows"] > known["rows"]:
+            unknown = (kept.join(accounts.select(ID).lazy(), on=ID, how="anti").group_by(ID)
+                       .agg(pl.len().alias("rows"), pl.col(LINE).min().alias("line")).collect(engine="streaming"))
+        events = per_event[0].with_columns(pl.col("event").cast(pl.String)) if per_event else None
+        return cls(unknown.with_columns(pl.col(ID).cast(pl.String)), known["rows"], known["accounts"],
+                   known.get("late") or 0, known.get("late_line"), known.get("early") or 0, known.get("early_line"),
+                   events, everything.get("last"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,16 +131,11 @@ class Problems:
     excluded: Counter[str] = field(default_factory=Counter)
     files: list[FileInfo] = field(default_factory=list)
 
-    def describe(self, role: str, table: Table, shape: str, frame: pl.DataFrame, mapping: dict[str, str | None],
-                 date_column: str | None) -> None:
+    def describe(self, role: str, table: Table, shape: str, rows: int, mapping: dict[str, str | None],
+                 dates: tuple[datetime | None, datetime | None] = (None, None)) -> None:
         used = {c for c in mapping.values() if c}
-        dates = frame[date_column].drop_nulls() if date_column and date_column in frame.columns else None
-        self.files.append(FileInfo(
-            role, table.name, shape, frame.height, {k: v for k, v in mapping.items() if v},
-            tuple(c for c in table.columns if c not in used and c != FILE),
-            dates.min() if dates is not None and dates.len() else None,
-            dates.max() if dates is not None and dates.len() else None,
-        ))
+        self.files.append(FileInfo(role, table.name, shape, rows, {k: v for k, v in mapping.items() if v},
+                                   tuple(c for c in table.columns if c not in used and c != FILE), *dates))
 
     def warn(self, code: str, message: str, *, count: int = 0, file: str | None = None,
              column: str | None = None, example_row: int | None = None, advice: str = "") -> None:
@@ -99,6 +148,18 @@ def first_line(frame: pl.DataFrame, mask: pl.Expr) -> tuple[int, int | None]:
     return int(hits[0] or 0), (int(hits[1]) if hits[1] is not None else None)
 
 
+def counted(name: str, mask: pl.Expr) -> list[pl.Expr]:
+    """Aggregations `name` (rows matching `mask`) and `name_line` (the first one's line), for a streamed
+    check that cannot call `first_line` on rows it does not hold."""
+    return [mask.fill_null(False).sum().alias(name), pl.col(LINE).filter(mask.fill_null(False)).min().alias(f"{name}_line")]
+
+
+def date_range(frame: pl.DataFrame, column: str | None) -> tuple[datetime | None, datetime | None]:
+    if column is None or column not in frame.columns:
+        return None, None
+    return frame[column].min(), frame[column].max()
+
+
 def _bad_date(raw: str, parsed: str) -> pl.Expr:
     return text(raw).is_not_null() & pl.col(parsed).is_null()
 
@@ -106,8 +167,13 @@ def _bad_date(raw: str, parsed: str) -> pl.Expr:
 def check_dates(frame: pl.DataFrame, table: Table, column: str, formats: tuple[str, ...], *, present: pl.Expr,
                 bad: pl.Expr, problems: Problems) -> None:
     """Refuse a date column that mostly fails to parse; warn when zoned and naive values are mixed."""
-    n_present = frame.select(present.sum()).item()
     n_bad, line = first_line(frame, bad)
+    date_verdict(frame.select(present.sum()).item(), n_bad, line, table, column, formats, problems)
+
+
+def date_verdict(n_present: int, n_bad: int, line: int | None, table: Table, column: str, formats: tuple[str, ...],
+                 problems: Problems) -> None:
+    """check_dates' verdict from counts already taken."""
     if n_present and n_bad > 0.5 * n_present:
         example = _raw_value(table, column, line)
         raise InputError(
@@ -154,7 +220,7 @@ def clean_accounts(table: Table, settings: Settings, problems: Problems) -> tupl
                         present=text(f"__raw_{name}").is_not_null(), bad=_bad_date(f"__raw_{name}", name),
                         problems=problems)
     mapping = {ID: id_col, "signup_date": signup_col, "churn_date": churn_col, "expansion_date": exp_col}
-    problems.describe("accounts", table, "accounts", frame, mapping, "signup")
+    problems.describe("accounts", table, "accounts", frame.height, mapping, date_range(frame, "signup"))
     return _exclude_bad_accounts(frame, table, dated, problems), _accounts_in_file(frame), segments
 
 
@@ -218,48 +284,76 @@ def _resolve_duplicates(frame: pl.DataFrame, table: Table, problems: Problems) -
     return distinct.filter(~conflict)
 
 
-def _read_events(table: Table, roles: tuple, formats: tuple[str, ...], *, careful: bool) -> pl.DataFrame:
-    """Parse the event log in one streaming pass. `careful` strips every text cell and turns null
-    spellings into null first; the fast pass reads cells as they are (several times quicker on 10M
-    rows) and flags what it cannot vouch for, so that the caller can fall back to the careful pass
+def _parsed_events(table: Table, roles: tuple, formats: tuple[str, ...], *, careful: bool) -> pl.LazyFrame:
+    """The event log parsed, as a lazy (streamed) plan. `careful` strips every text cell and turns null
+    spellings into null first; the fast plan reads cells as they are (several times quicker on 10M
+    rows) and flags what it cannot vouch for, so that the caller can fall back to the careful plan
     whenever the two could differ."""
     id_col, ts_col, ev_col, user_col, value_col = roles
     schema = table.frame.collect_schema()
     def cell(column: str) -> pl.Expr:
         return text(column) if careful else pl.col(column).cast(pl.String)
 
-    exprs = [
-        cell(id_col).cast(pl.Categorical).alias(ID),  # grouped and joined by integer code from here on
-        parse_datetime(ts_col, formats, schema[ts_col], strip=careful).alias("ts"),
-        cell(ev_col).cast(pl.Categorical).alias("event"),
-        pl.col(LINE),
-        cell(ts_col).is_not_null().alias("__has_ts"),
-    ]
+    exprs = [cell(id_col).alias(ID), parse_datetime(ts_col, formats, schema[ts_col], strip=careful).alias("ts"),
+             cell(ev_col).cast(pl.Categorical).alias("event"), pl.col(LINE), cell(ts_col).is_not_null().alias("__has_ts")]
     if user_col:  # only distinct users are ever counted: a 64-bit hash stands in for the text, 8 bytes a row
         user = cell(user_col)
         exprs.append(pl.when(user.is_not_null()).then(user.hash(seed=0)).alias("user_id"))
         if not careful:
             raw = pl.col(user_col).cast(pl.String)
-            dirty = raw.str.contains(r"^\s|\s$") | raw.is_in(NULL_TOKENS)
-            exprs.append(dirty.fill_null(False).alias("__dirty_user"))
+            exprs.append((raw.str.contains(r"^\s|\s$") | raw.is_in(NULL_TOKENS)).fill_null(False).alias("__dirty_user"))
     if value_col:
         exprs += [parse_number(value_col, schema[value_col]).alias("value"),
                   text(value_col).is_not_null().alias("__has_value")]
     flags = [(pl.col("__has_ts") & pl.col("ts").is_null()).alias("__bad_ts")]
     if value_col:
         flags.append((pl.col("__has_value") & pl.col("value").is_null()).alias("__bad_value"))
-    return table.frame.select(exprs).with_columns(flags).drop("__has_ts", "__has_value", strict=False).collect(
-        engine="streaming")
+    return table.frame.select(exprs).with_columns(flags)
 
 
-def _needs_cleaning(frame: pl.DataFrame, column: str) -> bool:
-    """Whether any distinct value of a text column has edge whitespace or is a null spelling."""
-    values = frame.select(pl.col(column).unique().cast(pl.String).alias("v"))
-    return bool(values.select(text("v").ne_missing(pl.col("v")).any()).item())
+# The rows an event log keeps, and why the others go (in this order: each row counts under the first
+# reason that applies).
+_EVENT_DROPS = (
+    ("events_missing_account_id", pl.col(ID).is_null(), "rows without an account id are ignored"),
+    ("events_invalid_timestamp", pl.col("__bad_ts"), None),
+    ("events_missing_timestamp", pl.col("ts").is_null(), "rows without a time are ignored"),
+    ("events_missing_name", pl.col("event").is_null(), "rows without an event name are ignored"),
+)
+_KEPT = pl.col(ID).is_not_null() & pl.col("ts").is_not_null() & pl.col("event").is_not_null()
 
 
-def clean_events(table: Table, settings: Settings, problems: Problems) -> Usage:
-    """Event log -> account_id, ts, event[, user_id][, value]; bad rows dropped and counted."""
+def _event_checks(rows: pl.LazyFrame, has_user: bool, has_value: bool) -> pl.LazyFrame:
+    """One row of counts (and first lines) for every check of the event log."""
+    exprs = [pl.len().alias("rows"), (pl.col("ts").is_not_null() | pl.col("__bad_ts")).sum().alias("ts_present"),
+             pl.col("ts").min().alias("first"), pl.col("ts").max().alias("last"),
+             *counted("bad_ts", pl.col("__bad_ts"))]
+    earlier = pl.lit(False)
+    for code, mask, _advice in _EVENT_DROPS:
+        exprs += counted(code, mask & ~earlier)
+        earlier = earlier | mask
+    if has_user and "__dirty_user" in rows.collect_schema():
+        exprs.append(pl.col("__dirty_user").any().alias("dirty_user"))
+    if has_value:
+        exprs += counted("negative_value", pl.col("value") < 0) + counted("bad_value", pl.col("__bad_value") & _KEPT)
+    return rows.select(exprs)
+
+
+def _needs_cleaning(values: pl.Series) -> bool:
+    """Whether any of these distinct text values has edge whitespace or is a null spelling."""
+    return bool(pl.DataFrame({"v": values.cast(pl.String)}).select(text("v").ne_missing(pl.col("v")).any()).item())
+
+
+ExtraPlans = Callable[[pl.LazyFrame], list[pl.LazyFrame]]
+
+
+def clean_events(table: Table, settings: Settings, problems: Problems, accounts: pl.DataFrame, *,
+                 also: ExtraPlans | None = None) -> tuple[Usage, list[pl.DataFrame]]:
+    """Event log -> account_id, ts, event[, user_id][, value]; bad rows dropped and counted.
+
+    One streaming scan takes every count the checks and `restrict_usage` need, and the results of
+    `also`'s plans over the rows of known accounts (the pipeline: the events inside each account's
+    window); the parsed log itself is never held in memory. A second, careful scan runs only when
+    the fast one finds text it cannot vouch for."""
     cols = settings.columns
     id_col = find_column(table, ID, override=cols.get(ID), required=True)
     ts_col = find_column(table, "timestamp", override=cols.get("timestamp"), required=True)
@@ -268,34 +362,38 @@ def clean_events(table: Table, settings: Settings, problems: Problems) -> Usage:
     value_col = find_column(table, "value", override=cols.get("value"), required=False)
     formats = detect_date_formats(table.frame, ts_col)
     roles = (id_col, ts_col, ev_col, user_col, value_col)
-    fast = _read_events(table, roles, formats, careful=False)
-    clean = not (fast["__bad_ts"].any() or (user_col and fast["__dirty_user"].any())
-                 or _needs_cleaning(fast, ID) or _needs_cleaning(fast, "event"))
-    frame = fast.drop("__dirty_user", strict=False) if clean else _read_events(table, roles, formats, careful=True)
-    check_dates(frame, table, ts_col, formats, present=pl.col("ts").is_not_null() | pl.col("__bad_ts"),
-                bad=pl.col("__bad_ts"), problems=problems)
+    for careful in (False, True):
+        rows = _parsed_events(table, roles, formats, careful=careful).cache()  # parsed once for every plan
+        kept = rows.filter(_KEPT).select(ID, "ts", "event", LINE, *(["user_id"] if user_col else []),
+                                         *(["value"] if value_col else []))
+        known, plans = UsageCounts.plans(kept, accounts, settings.as_of)
+        extra = also(known) if also else []
+        checks, *frames = pl.collect_all([_event_checks(rows, user_col is not None, value_col is not None),
+                                          *plans, *extra], engine="streaming")
+        found = checks.row(0, named=True)
+        counts = UsageCounts.of(frames[: len(plans)], kept, accounts)
+        if careful or not (found["bad_ts"] or found.get("dirty_user") or _needs_cleaning(counts.per_event["event"])
+                           or _needs_cleaning(counts.unknown[ID])):
+            break
+    date_verdict(found["ts_present"], found["bad_ts"], found["bad_ts_line"], table, ts_col, formats, problems)
     mapping = {ID: id_col, "timestamp": ts_col, "event": ev_col, "user_id": user_col, "value": value_col}
-    problems.describe("usage", table, "events", frame, mapping, "ts")
-    if value_col:
-        count, line = first_line(frame, pl.col("value") < 0)
-        if count:
-            problems.warn("events_negative_value", f"{count} negative value(s); kept as they are (sum may shrink)",
-                          count=count, file=table.name, column=value_col, example_row=line)
-    drops = [
-        ("events_missing_account_id", pl.col(ID).is_null(), id_col, "rows without an account id are ignored"),
-        ("events_invalid_timestamp", pl.col("__bad_ts"), ts_col,
-         f"formats seen: {date_format_label(formats)}; use one ISO format"),
-        ("events_missing_timestamp", pl.col("ts").is_null(), ts_col, "rows without a time are ignored"),
-        ("events_missing_name", pl.col("event").is_null(), ev_col, "rows without an event name are ignored"),
-    ]
-    frame = _drop_rows(frame, table, drops, problems)
-    if value_col:
-        count, line = first_line(frame, pl.col("__bad_value"))
-        if count:
-            problems.warn("events_invalid_value", f"{count} value(s) are not numbers; treated as missing",
-                          count=count, file=table.name, column=value_col, example_row=line)
-        frame = frame.drop("__bad_value")
-    return Usage("events", frame.drop("__bad_ts"), has_user=user_col is not None, has_value=value_col is not None)
+    problems.describe("usage", table, "events", found["rows"], mapping, (found["first"], found["last"]))
+    if value_col and found["negative_value"]:
+        problems.warn("events_negative_value", f"{found['negative_value']} negative value(s); kept as they are "
+                      "(sum may shrink)", count=found["negative_value"], file=table.name, column=value_col,
+                      example_row=found["negative_value_line"])
+    columns = {"events_missing_account_id": id_col, "events_invalid_timestamp": ts_col,
+               "events_missing_timestamp": ts_col, "events_missing_name": ev_col}
+    for code, _mask, advice in _EVENT_DROPS:
+        if found[code]:
+            problems.warn(code, f"{found[code]} row(s) dropped: {code.replace('_', ' ')}", count=found[code],
+                          file=table.name, column=columns[code], example_row=found[f"{code}_line"],
+                          advice=advice or f"formats seen: {date_format_label(formats)}; use one ISO format")
+    if value_col and found["bad_value"]:
+        problems.warn("events_invalid_value", f"{found['bad_value']} value(s) are not numbers; treated as missing",
+                      count=found["bad_value"], file=table.name, column=value_col, example_row=found["bad_value_line"])
+    usage = Usage("events", kept, has_user=user_col is not None, has_value=value_col is not None, counts=counts)
+    return usage, frames[len(plans):]
 
 
 def _drop_rows(frame: pl.DataFrame, table: Table, drops: list, problems: Problems) -> pl.DataFrame:
@@ -309,7 +407,8 @@ def _drop_rows(frame: pl.DataFrame, table: Table, drops: list, problems: Problem
     return frame
 
 
-def clean_periodic(table: Table, settings: Settings, problems: Problems, *, date_col: str | None) -> Usage:
+def clean_periodic(table: Table, settings: Settings, problems: Problems, accounts: pl.DataFrame, *,
+                   date_col: str | None) -> Usage:
     """Wide periodic table (date + numeric measures) or per-account snapshot (no date)."""
     cols = settings.columns
     schema = table.frame.collect_schema()
@@ -335,8 +434,8 @@ def clean_periodic(table: Table, settings: Settings, problems: Problems, *, date
                 problems.warn("invalid_number", f"{count} value(s) are not numbers; treated as missing",
                               count=count, file=table.name, column=c, example_row=line)
     frame = frame.select([ID, LINE] + (["ts"] if date_col else []) + measures)
-    problems.describe("usage", table, "wide" if date_col else "snapshot", frame,
-                      {ID: id_col, "date": date_col, **{f"measure:{m}": m for m in measures}}, "ts")
+    problems.describe("usage", table, "wide" if date_col else "snapshot", frame.height,
+                      {ID: id_col, "date": date_col, **{f"measure:{m}": m for m in measures}}, date_range(frame, "ts"))
     negative = [m for m in measures if frame.select((pl.col(m) < 0).any()).item()]
     for m in negative:
         count, line = first_line(frame, pl.col(m) < 0)
@@ -352,18 +451,24 @@ def clean_periodic(table: Table, settings: Settings, problems: Problems, *, date
         problems.warn("snapshot_timing_unknown", "the usage table has no date column: its values are taken as "
                       "measured in the observation window, which nsm cannot check; metrics that follow account "
                       "age are flagged tracks_tenure", file=table.name)
-    return Usage("wide" if date_col else "snapshot", frame, measures=tuple(measures))
+    kept = frame.lazy()
+    _known, plans = UsageCounts.plans(kept, accounts, settings.as_of)
+    counts = UsageCounts.of(pl.collect_all(plans), kept, accounts)
+    return Usage("wide" if date_col else "snapshot", kept, measures=tuple(measures), counts=counts)
 
 
-def clean_usage(table: Table, settings: Settings, problems: Problems) -> Usage:
-    """Detect the usage shape from its columns and clean it."""
+def clean_usage(table: Table, settings: Settings, problems: Problems, accounts: pl.DataFrame, *,
+                also: ExtraPlans | None = None) -> tuple[Usage, list[pl.DataFrame]]:
+    """Detect the usage shape from its columns and clean it (`accounts`: the clean accounts). For an
+    event log, `also` gets the rows of known accounts and returns plans collected in the same scan
+    (their results come back in order); the other shapes ignore it."""
     cols = settings.columns
     has_event = find_column(table, "event", override=cols.get("event"), required=False)
     ts = find_column(table, "timestamp", override=cols.get("timestamp"), required=False)
     if has_event and ts:
-        return clean_events(table, settings, problems)
+        return clean_events(table, settings, problems, accounts, also=also)
     date_col = find_column(table, "date", override=cols.get("date"), required=False) or ts
-    return clean_periodic(table, settings, problems, date_col=date_col)
+    return clean_periodic(table, settings, problems, accounts, date_col=date_col), []
 
 
 def clean_mrr(table: Table, settings: Settings, problems: Problems) -> pl.DataFrame:
@@ -382,7 +487,8 @@ def clean_mrr(table: Table, settings: Settings, problems: Problems) -> pl.DataFr
     check_dates(frame, table, date_col, formats, present=pl.col("__has_date"),
                 bad=pl.col("__has_date") & pl.col("ts").is_null(), problems=problems)
     frame = frame.drop("__has_date")
-    problems.describe("mrr", table, "mrr", frame, {ID: id_col, "date": date_col, "mrr": mrr_col}, "ts")
+    problems.describe("mrr", table, "mrr", frame.height, {ID: id_col, "date": date_col, "mrr": mrr_col},
+                      date_range(frame, "ts"))
     drops = [
         ("mrr_missing_account_id", pl.col(ID).is_null(), id_col, "rows without an account id are ignored"),
         ("mrr_invalid_date", pl.col("ts").is_null(), date_col, f"formats seen: {date_format_label(formats)}"),
@@ -396,8 +502,8 @@ def latest_date(accounts: pl.DataFrame, usage: Usage | None, mrr: pl.DataFrame |
     """The default `as_of`: the latest date seen in any input."""
     candidates = [accounts.select(pl.max_horizontal(pl.col("signup").max(), pl.col("churn").max(),
                                                     pl.col("expansion").max())).item()]
-    if usage is not None and "ts" in usage.frame.columns:
-        candidates.append(usage.frame["ts"].max())
+    if usage is not None and usage.counts is not None:
+        candidates.append(usage.counts.last)
     if mrr is not None:
         candidates.append(mrr["ts"].max())
     values = [c for c in candidates if c is not None]
@@ -408,68 +514,43 @@ def latest_date(accounts: pl.DataFrame, usage: Usage | None, mrr: pl.DataFrame |
 
 def restrict_usage(usage: Usage, accounts: pl.DataFrame, as_of: datetime, settings: Settings,
                    table: Table, problems: Problems) -> Usage:
-    """Drop (and count) usage rows for unknown accounts and after as_of; cap event types.
-
-    One pass builds a per-account summary (rows, first date, first line); every check reads it, and
-    the big frame is filtered only when something has to go.
-    """
+    """Drop (and count) usage rows for unknown accounts and after as_of, warn about rows before
+    signup, cap event types. Every count was taken while cleaning (`usage.counts`, whose late rows
+    are those after --as-of: without it, as_of is the latest date and nothing is late); the rows
+    are only narrowed by lazy filters."""
+    counts = usage.counts
     frame = usage.frame
-    has_ts = "ts" in frame.columns
-    per_account = frame.group_by(ID).agg(
-        pl.len().alias("rows"), pl.col(LINE).min().alias("line"),
-        *([pl.col("ts").min().alias("first"), (pl.col("ts") > as_of).sum().alias("late")] if has_ts else []),
-    ).with_columns(pl.col(ID).cast(pl.String)).join(accounts.select(ID, "signup"), on=ID, how="left")
-    unknown = per_account.filter(pl.col("signup").is_null())
-    if unknown.height:
-        count = int(unknown["rows"].sum())
-        problems.warn("usage_unknown_accounts", f"{count} usage row(s) for {unknown.height} account id(s) not in the "
-                      "accounts file (or excluded from it) are ignored", count=count, file=table.name,
-                      column=ID, example_row=int(unknown["line"].min()),
+    if counts.unknown.height:
+        count = int(counts.unknown["rows"].sum())
+        problems.warn("usage_unknown_accounts", f"{count} usage row(s) for {counts.unknown.height} account id(s) not "
+                      "in the accounts file (or excluded from it) are ignored", count=count, file=table.name,
+                      column=ID, example_row=int(counts.unknown["line"].min()),
                       advice="check that both exports use the same account id")
-        frame = frame.filter(pl.col(ID).is_in(per_account.filter(pl.col("signup").is_not_null())[ID].implode()))
-    known = per_account.filter(pl.col("signup").is_not_null())
-    if has_ts:
-        frame = _drop_late_rows(frame, known, as_of, table, problems)
-        _warn_before_signup(frame, known, table, problems)
-    silent = accounts.height - known.height
+        frame = frame.filter(pl.col(ID).is_in(accounts[ID].implode()))
+    if counts.late:
+        problems.warn("usage_after_as_of", f"{counts.late} usage row(s) after as_of ({as_of:%Y-%m-%d}) are ignored",
+                      count=counts.late, file=table.name, example_row=counts.late_line)
+        frame = frame.filter(pl.col("ts") <= as_of)
+    if counts.early:
+        problems.warn("usage_before_signup", f"{counts.early} usage row(s) are dated before their account's "
+                      "signup; they fall outside every window and are ignored", count=counts.early,
+                      file=table.name, example_row=counts.early_line,
+                      advice="check the signup dates or the event time zone")
+    silent = accounts.height - counts.known_accounts
     if silent:
         problems.warn("accounts_without_usage", f"{silent} account(s) have no usage rows at all; they count as 0 "
                       "for every candidate (not dropped)", count=silent, file=table.name, column=ID)
     names: tuple[str, ...] = ()
     if usage.kind == "events":
-        frame, names = _cap_events(frame, settings.max_events, table, problems)
-    return Usage(usage.kind, frame.drop(LINE), usage.measures, usage.has_user, usage.has_value, names)
+        frame, names = _cap_events(frame, counts.per_event, settings.max_events, table, problems)
+    return Usage(usage.kind, frame.drop(LINE), usage.measures, usage.has_user, usage.has_value, counts, names)
 
 
-def _drop_late_rows(frame: pl.DataFrame, known: pl.DataFrame, as_of: datetime, table: Table,
-                    problems: Problems) -> pl.DataFrame:
-    late = int(known["late"].sum())
-    if not late:
-        return frame
-    count, line = first_line(frame, pl.col("ts") > as_of)
-    problems.warn("usage_after_as_of", f"{count} usage row(s) after as_of ({as_of:%Y-%m-%d}) are ignored",
-                  count=count, file=table.name, example_row=line)
-    return frame.filter(pl.col("ts") <= as_of)
-
-
-def _warn_before_signup(frame: pl.DataFrame, known: pl.DataFrame, table: Table, problems: Problems) -> None:
-    early_ids = known.filter(pl.col("first") < pl.col("signup")).select(ID, "signup")
-    if not early_ids.height:
-        return
-    before = frame.filter(pl.col(ID).is_in(early_ids[ID].implode())).with_columns(pl.col(ID).cast(pl.String)).join(
-        early_ids, on=ID).filter(
-        pl.col("ts") < pl.col("signup"))
-    problems.warn("usage_before_signup", f"{before.height} usage row(s) are dated before their account's "
-                  "signup; they fall outside every window and are ignored", count=before.height,
-                  file=table.name, example_row=int(before[LINE].min()),
-                  advice="check the signup dates or the event time zone")
-
-
-def _cap_events(frame: pl.DataFrame, max_events: int, table: Table,
-                problems: Problems) -> tuple[pl.DataFrame, tuple[str, ...]]:
-    """Keep the `max_events` event types with the most rows; also returns the names kept, sorted."""
-    volumes = frame.group_by("event").len().with_columns(pl.col("event").cast(pl.String))
-    volumes = volumes.sort(["len", "event"], descending=[True, False])
+def _cap_events(frame: pl.LazyFrame, per_event: pl.DataFrame, max_events: int, table: Table,
+                problems: Problems) -> tuple[pl.LazyFrame, tuple[str, ...]]:
+    """Keep the `max_events` event types with the most rows (of known accounts, up to as_of); also
+    returns the names kept, sorted."""
+    volumes = per_event.rename({"rows": "len"}).sort(["len", "event"], descending=[True, False])
     if volumes.height <= max_events:
         return frame, tuple(sorted(volumes["event"]))
     kept = volumes.head(max_events)["event"]

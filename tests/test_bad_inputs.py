@@ -10,6 +10,7 @@ import json
 import os
 from pathlib import Path
 
+import polars as pl
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -198,3 +199,78 @@ def test_dirty_event_cells_give_the_same_analysis_as_clean_ones(tmp_path_factory
         for w in report["data"]["warnings"]:
             w.pop("file", None)
     assert reports[0] == reports[1]
+
+
+# ---- the streamed checks count what a plain read of the file counts ------------------------------
+
+def _dirty_log(tmp_path: Path) -> Path:
+    """The base log with rows of unknown accounts, rows dated before signup and after --as-of (an event
+    type of its own), padded ids (the careful pass), bad timestamps and a rare event type, each every
+    few rows."""
+    events = pl.read_csv(BASE / "events.csv", infer_schema=False)
+    i = pl.int_range(pl.len())
+    events = events.with_columns(
+        account_id=pl.when(i % 23 == 0).then(pl.lit("acct_unknown_") + (i % 5).cast(pl.String))
+        .when(i % 29 == 0).then(pl.lit(" ") + pl.col("account_id")).otherwise(pl.col("account_id")),
+        timestamp=pl.when(i % 37 == 0).then(pl.lit("2099-01-01")).when(i % 31 == 0).then(pl.lit("2001-01-01T00:00:00Z"))
+        .when(i % 41 == 0).then(pl.lit("soon")).otherwise(pl.col("timestamp")),
+        event=pl.when(i % 37 == 0).then(pl.lit("future_thing")).when(i % 43 == 0).then(pl.lit("rare_thing"))
+        .otherwise(pl.col("event")),
+    )
+    path = tmp_path / "events.csv"
+    events.write_csv(path)
+    return path
+
+
+def test_streamed_usage_counts_equal_a_plain_read(tmp_path):
+    from datetime import datetime
+
+    from nsm_cli import Settings
+    from nsm_cli.pipeline import load_inputs
+
+    path = _dirty_log(tmp_path)
+    as_of = datetime(2025, 6, 1)
+    s = Settings(accounts=str(BASE / "accounts.csv"), usage=str(path), as_of=as_of, max_events=3)
+    inputs = load_inputs(s)
+    assert isinstance(inputs.usage.frame, pl.LazyFrame)  # the log stays in its file
+    got = {w.code: (w.count, w.example_row) for w in inputs.problems.warnings}
+
+    raw = pl.read_csv(path, infer_schema=False).with_row_index("line", offset=2)
+    text = pl.col("timestamp").str.strip_chars()
+    ts = pl.coalesce(text.str.to_datetime("%Y-%m-%dT%H:%M:%SZ", strict=False, time_unit="us"),
+                     text.str.to_datetime("%Y-%m-%d", strict=False, time_unit="us"))
+    rows = raw.with_columns(pl.col("account_id").str.strip_chars(), ts=ts).filter(pl.col("ts").is_not_null())
+    known = rows.join(inputs.accounts.select("account_id", "signup"), on="account_id", how="inner")
+    unknown = rows.join(inputs.accounts.select("account_id"), on="account_id", how="anti")
+    late = known.filter(pl.col("ts") > as_of)
+    early = known.filter((pl.col("ts") <= as_of) & (pl.col("ts") < pl.col("signup")))
+    volumes = known.filter(pl.col("ts") <= as_of)["event"].value_counts()
+    bad_ts = raw.filter(pl.col("timestamp") == "soon")
+
+    assert got["usage_unknown_accounts"] == (unknown.height, unknown["line"].min())
+    assert got["usage_after_as_of"] == (late.height, late["line"].min())
+    assert got["usage_before_signup"] == (early.height, early["line"].min())
+    assert got["events_invalid_timestamp"] == (bad_ts.height, bad_ts["line"].min())
+    assert got["events_capped"][0] == volumes.height - 3
+    assert set(inputs.usage.event_names) == set(volumes.sort(["count", "event"], descending=[True, False])
+                                                ["event"].head(3))
+    silent = inputs.accounts.height - known["account_id"].n_unique()
+    assert got.get("accounts_without_usage", (0, None))[0] == silent
+
+
+def test_events_taken_in_the_validation_scan_give_the_candidates_of_a_fresh_scan(tmp_path):
+    from polars.testing import assert_frame_equal
+
+    from nsm_cli import Settings
+    from nsm_cli.candidates import build_event_candidates
+    from nsm_cli.outcomes import build_cohort
+    from nsm_cli.pipeline import load_inputs
+
+    s = Settings(accounts=str(BASE / "accounts.csv"), usage=str(_dirty_log(tmp_path)), max_events=3)
+    inputs = load_inputs(s)
+    cohort = build_cohort(inputs.accounts, None, s, inputs.as_of, has_churn_column=True, has_expansion_column=False)
+    assert inputs.windowed is not None and inputs.windowed.fits(s)
+    taken = build_event_candidates(inputs.usage, cohort.frame, s, inputs.windowed)
+    fresh = build_event_candidates(inputs.usage, cohort.frame, s)
+    assert_frame_equal(taken.metrics, fresh.metrics)
+    assert taken.candidates == fresh.candidates
