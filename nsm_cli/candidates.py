@@ -93,33 +93,47 @@ def windowed_events(usage: Usage, cohort: pl.DataFrame) -> pl.LazyFrame:
 
 @dataclass(frozen=True, slots=True)
 class WindowedEvents:
-    """The events inside each account's window under one window setting, taken in the validation scan
-    (so the event log is read once): `__row` indexes `accounts`."""
+    """Events inside account windows, taken in the validation scan so the event log is read once:
+    per account (`__row` indexes `bounds`), the events in the union of the windows of one or more
+    settings. Any cohort whose windows lie inside those bounds is served from these rows."""
 
-    rows: pl.DataFrame
-    accounts: pl.Series
-    window: tuple[float, object]  # (window_days, landmark)
+    rows: pl.DataFrame  # __row, event, ts[, user_id][, value], __offset
+    bounds: pl.DataFrame  # account_id, window_start, landmark
 
     @staticmethod
-    def plan(known: pl.LazyFrame, settings: Settings) -> pl.LazyFrame:
+    def union(variants: tuple[Settings, ...]) -> dict[str, pl.Expr]:
+        """Per account (with a `signup` column): the earliest window start and latest landmark of `variants`."""
+        parts = [window_bounds(v) for v in variants]
+        return {"window_start": pl.min_horizontal(*(p["window_start"] for p in parts)),
+                "landmark": pl.max_horizontal(*(p["landmark"] for p in parts))}
+
+    @staticmethod
+    def plan(known: pl.LazyFrame, variants: tuple[Settings, ...]) -> pl.LazyFrame:
         """From the usage rows of known accounts, carrying `__row` and `signup` (as validation joins them)."""
-        return in_window(known.with_columns(**window_bounds(settings))).drop(ID)  # only what candidates read
+        return in_window(known.with_columns(**WindowedEvents.union(variants))).drop(ID)  # only what candidates read
 
     @classmethod
-    def taken(cls, rows: pl.DataFrame, accounts: pl.Series, settings: Settings) -> WindowedEvents:
-        """The result of `plan` under `settings`."""
-        return cls(rows, accounts, (settings.window_days, settings.landmark))
+    def taken(cls, rows: pl.DataFrame, accounts: pl.DataFrame, variants: tuple[Settings, ...]) -> WindowedEvents:
+        """The result of `plan` over `accounts` (account_id, signup; `__row` = row here)."""
+        return cls(rows, accounts.select(ID, **WindowedEvents.union(variants)))
 
-    def fits(self, settings: Settings) -> bool:
-        return self.window == (settings.window_days, settings.landmark)
-
-    def of_cohort(self, cohort: pl.DataFrame, sources: list[str]) -> pl.DataFrame:
-        """The rows of `cohort`'s accounts and of the event types in `sources`, `__row` re-pointed at `cohort`."""
-        row_of = (pl.DataFrame({ID: self.accounts}).join(cohort.select(ID).with_row_index("__c"), on=ID, how="left",
-                                                          maintain_order="left")["__c"].fill_null(-1).to_numpy())
+    def of_cohort(self, cohort: pl.DataFrame, sources: list[str]) -> pl.DataFrame | None:
+        """The events of `cohort`'s accounts inside its windows and of the types in `sources`, `__row`
+        = the account's row in `cohort`; None when a cohort window reaches outside the rows taken."""
+        position = self.bounds.select(ID, taken_start="window_start", taken_end="landmark").with_row_index("__row")
+        spans = cohort.select(ID, "window_start", "landmark").with_row_index("__c").join(position, on=ID, how="left")
+        if spans.select((pl.col("__row").is_null() | (pl.col("window_start") < pl.col("taken_start"))
+                         | (pl.col("landmark") > pl.col("taken_end"))).any()).item():
+            return None
+        row_of = np.full(self.bounds.height, -1, dtype=np.int64)
+        row_of[spans["__row"].to_numpy()] = spans["__c"].to_numpy()
         row = row_of[self.rows["__row"].to_numpy()]
         keep = (row >= 0) & self.rows["event"].cast(pl.String).is_in(sources).to_numpy()
-        return self.rows.filter(pl.Series(keep)).with_columns(pl.Series("__row", row[keep], dtype=pl.UInt32))
+        rows = self.rows.filter(pl.Series(keep)).with_columns(pl.Series("__row", row[keep], dtype=pl.UInt32))
+        windows = spans.sort("__c")
+        at = rows["__row"]
+        return in_window(rows.lazy().with_columns(windows["window_start"].gather(at), windows["landmark"].gather(at))
+                         ).collect()
 
 
 def _distinct(key: np.ndarray) -> np.ndarray:
@@ -186,12 +200,11 @@ def _event_tables(usage: Usage, events: pl.DataFrame, n_accounts: int, sources: 
 
 def build_event_candidates(usage: Usage, cohort: pl.DataFrame, settings: Settings,
                            windowed: WindowedEvents | None = None) -> CandidateSet:
-    """Candidates of an event log for `cohort`'s accounts: from `windowed` when it was taken for these
-    settings, else from a new (streaming) scan. The windowed events are aggregated several ways."""
+    """Candidates of an event log for `cohort`'s accounts: from `windowed` when its rows cover the
+    cohort's windows, else from a new (streaming) scan. The windowed events are aggregated several ways."""
     sources = list(usage.event_names)
-    if windowed is not None and windowed.fits(settings):
-        events = windowed.of_cohort(cohort, sources)
-    else:
+    events = windowed.of_cohort(cohort, sources) if windowed is not None else None
+    if events is None:
         events = windowed_events(usage, cohort).drop(ID).collect(engine="streaming")
     mapping, warnings = slugs_for(sources)
     tables = _event_tables(usage, events, cohort.height, sources, settings.window_days)

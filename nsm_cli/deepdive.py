@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 import numpy as np
@@ -28,6 +29,8 @@ RETENTION_DAYS = (30, 90, 180, 365)
 RMST_DAYS = 365.0
 MIN_GROUP_ACCOUNTS, MIN_GROUP_EVENTS = 30, 10
 PH_SUBSAMPLE = 20_000
+LEADING_WINDOWS = (7.0, 14.0, 30.0, 60.0)  # signup landmark: windows of increasing length
+LEADING_LEADS = (0.0, 30.0, 60.0)  # calendar landmark: windows ending this many days before it
 BOOTSTRAP = 200
 
 
@@ -68,7 +71,7 @@ def validate_metric(settings: Settings, metric: str, *, windows: tuple[float, ..
                     gates: Gates = Gates(), progress=None) -> ValidationReport:
     say = progress or (lambda _msg: None)
     say("loading inputs")
-    inputs = load_inputs(settings)
+    inputs = load_inputs(settings, windows=_windows_read(settings, windows))
     base = prepare(inputs, settings)
     _require_metric(base, metric)
     say("ranking every candidate")
@@ -93,6 +96,17 @@ def validate_metric(settings: Settings, metric: str, *, windows: tuple[float, ..
     report = ValidationReport(metric, ranking.settings, candidate, dose, aha, stability, confounding, leading, ph,
                               verdict, tuple(reasons))
     return dataclasses.replace(report, gate_failures=tuple(check_gates(report, gates, sign)))
+
+
+def _windows_read(settings: Settings, windows: tuple[float, ...]) -> tuple[Settings, ...]:
+    """Every window setting the deep dive measures candidates over (threshold scan, leading check): their
+    events are taken in the one scan of the event log."""
+    scans = [dataclasses.replace(settings, window_days=w) for w in windows]
+    if settings.landmark is None:
+        leading = [dataclasses.replace(settings, window_days=w) for w in LEADING_WINDOWS]
+    else:
+        leading = [dataclasses.replace(settings, landmark=settings.landmark - timedelta(days=lead)) for lead in LEADING_LEADS]
+    return (settings, *scans, *leading)
 
 
 def _require_metric(prepared: Prepared, metric: str) -> None:
@@ -347,7 +361,7 @@ def leading_check(metric: str, inputs, settings: Settings, base: Prepared) -> di
     """Signup landmark: windows of increasing length. Calendar landmark: windows ending 0/30/60 days early."""
     rows = []
     if settings.landmark is None:
-        for w in (7.0, 14.0, 30.0, 60.0):
+        for w in LEADING_WINDOWS:
             try:
                 prep = base if w == settings.window_days else prepare(inputs, dataclasses.replace(settings,
                                                                                                    window_days=w))
@@ -359,7 +373,7 @@ def leading_check(metric: str, inputs, settings: Settings, base: Prepared) -> di
                 rows.append({"window_days": w, **_effect(x, prep.churn)})
         mode = "windows of increasing length after signup"
     else:
-        for lead in (0.0, 30.0, 60.0):
+        for lead in LEADING_LEADS:
             frame = base.cohort.frame.with_columns(
                 window_start=pl.col("landmark") - pl.duration(days=lead + settings.window_days),
                 landmark=pl.col("landmark") - pl.duration(days=lead))

@@ -48,14 +48,15 @@ class Inputs:
     has_churn_column: bool
     has_expansion_column: bool
     problems: Problems
-    windowed: WindowedEvents | None  # an event log's rows inside the windows of `Settings`, taken with the checks
+    windowed: WindowedEvents | None  # an event log's rows inside the accounts' windows, taken with the checks
 
 
-def load_inputs(settings: Settings, *, with_windows: bool = True) -> Inputs:
-    """Read and clean every input; with `with_windows`, an event log's rows inside the windows of
-    `settings` are taken in the same scan. Encoding errors deep inside a large file become InputError."""
+def load_inputs(settings: Settings, *, windows: tuple[Settings, ...] | None = None) -> Inputs:
+    """Read and clean every input. An event log's rows inside the observation windows of `windows`
+    (default: `settings` alone; none for `()`) are taken in the same scan, so that candidates for
+    those windows need no second read. Encoding errors deep inside a large file become InputError."""
     try:
-        return _load_inputs(settings, with_windows)
+        return _load_inputs(settings, (settings,) if windows is None else windows)
     except pl.exceptions.ComputeError as exc:
         if "utf-8" not in str(exc).lower() and "utf8" not in str(exc).lower():
             raise
@@ -63,7 +64,7 @@ def load_inputs(settings: Settings, *, with_windows: bool = True) -> Inputs:
                          "the start of a file); re-export it as UTF-8") from None
 
 
-def _load_inputs(settings: Settings, with_windows: bool) -> Inputs:
+def _load_inputs(settings: Settings, windows: tuple[Settings, ...]) -> Inputs:
     problems = Problems()
     accounts_table = read_table(settings.accounts, what="accounts")
     accounts, in_file, segments = clean_accounts(accounts_table, settings, problems)
@@ -76,10 +77,10 @@ def _load_inputs(settings: Settings, with_windows: bool) -> Inputs:
     usage, windowed = None, None
     if usage_table:
         def window_rows(known: pl.LazyFrame) -> list[pl.LazyFrame]:  # taken in the same scan as the checks
-            return [WindowedEvents.plan(known, settings)]
+            return [WindowedEvents.plan(known, windows)]
 
-        usage, frames = clean_usage(usage_table, settings, problems, accounts, also=window_rows if with_windows else None)
-        windowed = WindowedEvents.taken(frames[0], accounts[ID], settings) if frames else None
+        usage, frames = clean_usage(usage_table, settings, problems, accounts, also=window_rows if windows else None)
+        windowed = WindowedEvents.taken(frames[0], accounts, windows) if frames else None
     mrr = clean_mrr(read_table(settings.mrr, what="MRR"), settings, problems) if settings.mrr else None
     as_of = settings.as_of or latest_date(accounts, usage, mrr)
     if accounts.height and accounts["signup"].min() > as_of:
