@@ -125,15 +125,12 @@ class WindowedEvents:
         if spans.select((pl.col("__row").is_null() | (pl.col("window_start") < pl.col("taken_start"))
                          | (pl.col("landmark") > pl.col("taken_end"))).any()).item():
             return None
-        row_of = np.full(self.bounds.height, -1, dtype=np.int64)
-        row_of[spans["__row"].to_numpy()] = spans["__c"].to_numpy()
-        row = row_of[self.rows["__row"].to_numpy()]
-        keep = (row >= 0) & self.rows["event"].cast(pl.String).is_in(sources).to_numpy()
-        rows = self.rows.filter(pl.Series(keep)).with_columns(pl.Series("__row", row[keep], dtype=pl.UInt32))
-        windows = spans.sort("__c")
-        at = rows["__row"]
-        return in_window(rows.lazy().with_columns(windows["window_start"].gather(at), windows["landmark"].gather(at))
-                         ).collect()
+        rows = self.rows.lazy()
+        if set(sources) != set(self.rows["event"].unique().cast(pl.String)):
+            rows = rows.filter(pl.col("event").is_in(sources))
+        spans = spans.select("__row", "__c", "window_start", "landmark")  # one pass: no copy of every row kept
+        joined = rows.join(spans.lazy(), on="__row", how="inner", maintain_order="left")
+        return in_window(joined.drop("__row").rename({"__c": "__row"})).collect()
 
 
 def _distinct(key: np.ndarray) -> np.ndarray:

@@ -163,7 +163,8 @@ def prepare(inputs: Inputs, settings: Settings, *, progress: Progress | None = N
     if not cands.candidates:
         raise InsufficientDataError("no usable candidate metric: every candidate is constant or nearly empty "
                                     f"({len(cands.skipped)} skipped)")
-    return Prepared(inputs, settings, cohort, churn, expansion, cands)
+    # the windowed events are consumed: a caller that needs them for other windows keeps its `inputs`
+    return Prepared(dataclasses.replace(inputs, windowed=None), settings, cohort, churn, expansion, cands)
 
 
 def analyze(settings: Settings, *, progress: Progress | None = None) -> Report:
