@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import tempfile
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -76,11 +78,16 @@ def _load_inputs(settings: Settings, windows: tuple[Settings, ...]) -> Inputs:
     usage_table = read_table(settings.usage, what="usage") if settings.usage else None
     usage, windowed = None, None
     if usage_table:
-        def window_rows(known: pl.LazyFrame) -> list[pl.LazyFrame]:  # taken in the same scan as the checks
-            return [WindowedEvents.plan(known, windows)]
+        with tempfile.TemporaryDirectory(prefix="nsm-") as scratch:
+            # The windows' events are written to a scratch file in the same scan as the checks: a file sink
+            # lets the scan stream, where a second in-memory result would make it hold rows back.
+            path = Path(scratch) / "windows.arrow"
 
-        usage, frames = clean_usage(usage_table, settings, problems, accounts, also=window_rows if windows else None)
-        windowed = WindowedEvents.taken(frames[0], accounts, windows) if frames else None
+            def window_rows(known: pl.LazyFrame) -> list[pl.LazyFrame]:
+                return [WindowedEvents.plan(known, windows).sink_ipc(path, lazy=True)]
+
+            usage, frames = clean_usage(usage_table, settings, problems, accounts, also=window_rows if windows else None)
+            windowed = WindowedEvents.taken(pl.read_ipc(path), accounts, windows) if frames else None
     mrr = clean_mrr(read_table(settings.mrr, what="MRR"), settings, problems) if settings.mrr else None
     as_of = settings.as_of or latest_date(accounts, usage, mrr)
     if accounts.height and accounts["signup"].min() > as_of:

@@ -74,33 +74,49 @@ class UsageCounts:
     last: datetime | None
 
     @staticmethod
-    def plans(kept: pl.LazyFrame, accounts: pl.DataFrame, as_of: datetime | None) -> tuple[pl.LazyFrame, list[pl.LazyFrame]]:
-        """The rows of known accounts (with `__row`, the account's row in `accounts`, and `signup`) and
-        the plans whose results `of` reads."""
+    def plans(kept: pl.LazyFrame, accounts: pl.DataFrame, as_of: datetime | None) -> tuple[pl.LazyFrame, pl.LazyFrame]:
+        """The rows of known accounts (with `__row`, the account's row in `accounts`, and `signup`), and
+        their counts per account and event type, which `of` reads: one group-by, so that a scan
+        feeding other plans too does not have to hold rows back for a second consumer."""
         schema = kept.collect_schema()
         known = kept.join(accounts.select(ID, "signup").with_row_index("__row").lazy(), on=ID, how="inner")
-        late = pl.col("ts") > as_of if "ts" in schema and as_of is not None else pl.lit(False)
-        aggs = [pl.len().alias("rows"), pl.col("__row").n_unique().alias("accounts")]
+        aggs = [pl.len().alias("rows")]
         if "ts" in schema:
-            aggs += counted("late", late) + counted("early", (pl.col("ts") < pl.col("signup")) & ~late)
-        plans = [kept.select(pl.len().alias("rows"), *([pl.col("ts").max().alias("last")] if "ts" in schema else [])),
-                 known.select(aggs)]
-        if "event" in schema:
-            plans.append(known.filter(~late).group_by("event").agg(pl.len().alias("rows")))
-        return known, plans
+            late = pl.col("ts") > as_of if as_of is not None else pl.lit(False)
+            aggs.append(((pl.col("ts") < pl.col("signup")) & ~late).sum().alias("early"))
+            if as_of is not None:  # an export often runs past --as-of: count those rows and find the first here
+                aggs += counted("late", late)
+        if "event" not in schema:
+            return known, known.group_by("__row").agg(aggs)
+        # one 64-bit key (account row, event code) hashes several times faster than the two columns
+        key = pl.col("__row").cast(pl.UInt64) * (1 << 32) + pl.col("event").to_physical().cast(pl.UInt64)
+        return known, known.group_by(key.alias("__key")).agg(pl.col("__row").first(), pl.col("event").first(), *aggs)
 
     @classmethod
-    def of(cls, frames: list[pl.DataFrame], kept: pl.LazyFrame, accounts: pl.DataFrame) -> UsageCounts:
-        """From the results of `plans`; rows of unknown accounts, if any, are looked up with one more scan."""
-        everything, known, *per_event = (f.row(0, named=True) if i < 2 else f for i, f in enumerate(frames))
+    def of(cls, pairs: pl.DataFrame, kept_rows: int, last: datetime | None, kept: pl.LazyFrame,
+           accounts: pl.DataFrame, as_of: datetime | None) -> UsageCounts:
+        """From the result of `plans` and the number and latest time of all kept rows. Which accounts are
+        unknown, and the first line dated before its signup, are looked up again only when there is such
+        a row (one more scan each)."""
+        totals = pairs.select(pl.col("rows").sum(), pl.col("__row").n_unique().alias("accounts"),
+                              *(pl.col(c).sum() for c in ("late", "early") if c in pairs.columns),
+                              *([pl.col("late_line").min()] if "late_line" in pairs.columns else [])).row(0, named=True)
         unknown = pl.DataFrame(schema={ID: pl.String, "rows": pl.UInt32, "line": pl.Int64})
-        if everything["rows"] > known["rows"]:
+        if kept_rows > totals["rows"]:
             unknown = (kept.join(accounts.select(ID).lazy(), on=ID, how="anti").group_by(ID)
                        .agg(pl.len().alias("rows"), pl.col(LINE).min().alias("line")).collect(engine="streaming"))
-        events = per_event[0].with_columns(pl.col("event").cast(pl.String)) if per_event else None
-        return cls(unknown.with_columns(pl.col(ID).cast(pl.String)), known["rows"], known["accounts"],
-                   known.get("late") or 0, known.get("late_line"), known.get("early") or 0, known.get("early_line"),
-                   events, everything.get("last"))
+        per_event = None
+        if "event" in pairs.columns:
+            volume = pl.col("rows") - (pl.col("late") if "late" in pairs.columns else 0)
+            per_event = (pairs.group_by("event").agg(volume.sum().alias("rows")).filter(pl.col("rows") > 0)
+                         .with_columns(pl.col("event").cast(pl.String)))
+        late, early = totals.get("late") or 0, totals.get("early") or 0
+        known = kept.join(accounts.select(ID, "signup").lazy(), on=ID)
+        not_late = pl.col("ts") <= as_of if as_of is not None else pl.lit(True)
+        return cls(unknown.with_columns(pl.col(ID).cast(pl.String)), totals["rows"] or 0, totals["accounts"],
+                   late, totals.get("late_line"),
+                   early, first_line(known, (pl.col("ts") < pl.col("signup")) & not_late)[1] if early else None,
+                   per_event, last)
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,9 +158,10 @@ class Problems:
         self.warnings.append(DataWarning(code, message, count, file, column, example_row, advice))
 
 
-def first_line(frame: pl.DataFrame, mask: pl.Expr) -> tuple[int, int | None]:
-    """How many rows match `mask`, and the line number of the first one."""
-    hits = frame.select(mask.sum().alias("n"), pl.col(LINE).filter(mask).min().alias("line")).row(0)
+def first_line(frame: pl.DataFrame | pl.LazyFrame, mask: pl.Expr) -> tuple[int, int | None]:
+    """How many rows match `mask`, and the line number of the first one (a lazy frame is streamed)."""
+    hits = frame.lazy().select(mask.sum().alias("n"), pl.col(LINE).filter(mask).min().alias("line")).collect(
+        engine="streaming").row(0)
     return int(hits[0] or 0), (int(hits[1]) if hits[1] is not None else None)
 
 
@@ -326,6 +343,7 @@ def _event_checks(rows: pl.LazyFrame, has_user: bool, has_value: bool) -> pl.Laz
     """One row of counts (and first lines) for every check of the event log."""
     exprs = [pl.len().alias("rows"), (pl.col("ts").is_not_null() | pl.col("__bad_ts")).sum().alias("ts_present"),
              pl.col("ts").min().alias("first"), pl.col("ts").max().alias("last"),
+             _KEPT.sum().alias("kept"), pl.col("ts").filter(_KEPT).max().alias("kept_last"),
              *counted("bad_ts", pl.col("__bad_ts"))]
     earlier = pl.lit(False)
     for code, mask, _advice in _EVENT_DROPS:
@@ -366,12 +384,12 @@ def clean_events(table: Table, settings: Settings, problems: Problems, accounts:
         rows = _parsed_events(table, roles, formats, careful=careful).cache()  # parsed once for every plan
         kept = rows.filter(_KEPT).select(ID, "ts", "event", LINE, *(["user_id"] if user_col else []),
                                          *(["value"] if value_col else []))
-        known, plans = UsageCounts.plans(kept, accounts, settings.as_of)
+        known, pairs = UsageCounts.plans(kept, accounts, settings.as_of)
         extra = also(known) if also else []
-        checks, *frames = pl.collect_all([_event_checks(rows, user_col is not None, value_col is not None),
-                                          *plans, *extra], engine="streaming")
+        checks, pairs, *extra_frames = pl.collect_all([_event_checks(rows, user_col is not None, value_col is not None),
+                                                       pairs, *extra], engine="streaming")
         found = checks.row(0, named=True)
-        counts = UsageCounts.of(frames[: len(plans)], kept, accounts)
+        counts = UsageCounts.of(pairs, found["kept"], found["kept_last"], kept, accounts, settings.as_of)
         if careful or not (found["bad_ts"] or found.get("dirty_user") or _needs_cleaning(counts.per_event["event"])
                            or _needs_cleaning(counts.unknown[ID])):
             break
@@ -393,7 +411,7 @@ def clean_events(table: Table, settings: Settings, problems: Problems, accounts:
         problems.warn("events_invalid_value", f"{found['bad_value']} value(s) are not numbers; treated as missing",
                       count=found["bad_value"], file=table.name, column=value_col, example_row=found["bad_value_line"])
     usage = Usage("events", kept, has_user=user_col is not None, has_value=value_col is not None, counts=counts)
-    return usage, frames[len(plans):]
+    return usage, extra_frames
 
 
 def _drop_rows(frame: pl.DataFrame, table: Table, drops: list, problems: Problems) -> pl.DataFrame:
@@ -452,8 +470,8 @@ def clean_periodic(table: Table, settings: Settings, problems: Problems, account
                       "measured in the observation window, which nsm cannot check; metrics that follow account "
                       "age are flagged tracks_tenure", file=table.name)
     kept = frame.lazy()
-    _known, plans = UsageCounts.plans(kept, accounts, settings.as_of)
-    counts = UsageCounts.of(pl.collect_all(plans), kept, accounts)
+    counts = UsageCounts.of(UsageCounts.plans(kept, accounts, settings.as_of)[1].collect(), frame.height,
+                            frame["ts"].max() if date_col else None, kept, accounts, settings.as_of)
     return Usage("wide" if date_col else "snapshot", kept, measures=tuple(measures), counts=counts)
 
 
