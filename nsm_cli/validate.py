@@ -404,9 +404,8 @@ def clean_events(table: Table, settings: Settings, problems: Problems, accounts:
                "events_missing_timestamp": ts_col, "events_missing_name": ev_col}
     for code, _mask, advice in _EVENT_DROPS:
         if found[code]:
-            problems.warn(code, f"{found[code]} row(s) dropped: {code.replace('_', ' ')}", count=found[code],
-                          file=table.name, column=columns[code], example_row=found[f"{code}_line"],
-                          advice=advice or f"formats seen: {date_format_label(formats)}; use one ISO format")
+            _warn_dropped(problems, code, found[code], found[f"{code}_line"], table, columns[code],
+                          advice or f"formats seen: {date_format_label(formats)}; use one ISO format")
     if value_col and found["bad_value"]:
         problems.warn("events_invalid_value", f"{found['bad_value']} value(s) are not numbers; treated as missing",
                       count=found["bad_value"], file=table.name, column=value_col, example_row=found["bad_value_line"])
@@ -419,10 +418,15 @@ def _drop_rows(frame: pl.DataFrame, table: Table, drops: list, problems: Problem
         mask = mask.fill_null(False)
         count, line = first_line(frame, mask)
         if count:
-            problems.warn(code, f"{count} row(s) dropped: {code.replace('_', ' ')}", count=count,
-                          file=table.name, column=column, example_row=line, advice=advice)
+            _warn_dropped(problems, code, count, line, table, column, advice)
             frame = frame.filter(~mask)
     return frame
+
+
+def _warn_dropped(problems: Problems, code: str, count: int, line: int | None, table: Table, column: str | None,
+                  advice: str) -> None:
+    problems.warn(code, f"{count} row(s) dropped: {code.replace('_', ' ')}", count=count, file=table.name,
+                  column=column, example_row=line, advice=advice)
 
 
 def clean_periodic(table: Table, settings: Settings, problems: Problems, accounts: pl.DataFrame, *,
