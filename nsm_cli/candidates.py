@@ -153,16 +153,19 @@ def _event_tables(usage: Usage, events: pl.DataFrame, n_accounts: int, sources: 
     `bincount` sums per cell or account; distinct days, weeks and users are distinct integer keys
     (cell x days + day, ...) from polars' hash `unique`, the coarser ones derived from the finer."""
     n_src = max(len(sources), 1)
+    n_cells = n_accounts * n_src
+    offset = events["__offset"].to_numpy()
+    n_days = int(offset.max()) + 1 if len(offset) else 1
+    # every key below is under n_cells x n_days: 32-bit keys when they fit halve the memory they take
+    key = np.int32 if n_cells * n_days < 2**31 else np.int64
     event = events["event"].cast(pl.Categorical)  # codes are local to a column: read them with their names
     present = event.unique()
-    lookup = np.zeros(int(present.to_physical().max() or 0) + 1, dtype=np.int64)
+    lookup = np.zeros(int(present.to_physical().max() or 0) + 1, dtype=key)
     position = {name: i for i, name in enumerate(sources)}
     lookup[present.to_physical().to_numpy()] = [position[name] for name in present.cast(pl.String)]
-    row = events["__row"].cast(pl.Int64).to_numpy()
-    offset = events["__offset"].to_numpy()
-    day = offset.astype(np.int64)  # offsets are >= 0: truncation is the floor
+    row = events["__row"].to_numpy().astype(key)
+    day = offset.astype(key)  # offsets are >= 0: truncation is the floor
     cell = row * n_src + lookup[event.to_physical().to_numpy()]
-    n_cells = n_accounts * n_src
 
     def per(groups: np.ndarray, size: int, weights: np.ndarray | None = None) -> np.ndarray:
         return np.bincount(groups, weights=weights, minlength=size).astype(float)
@@ -171,7 +174,6 @@ def _event_tables(usage: Usage, events: pl.DataFrame, n_accounts: int, sources: 
         return np.column_stack([per_account, per_cell.reshape(n_accounts, n_src)[:, :len(sources)]])
 
     tables = {"count": both(per(row, n_accounts), per(cell, n_cells))}
-    n_days = int(day.max()) + 1 if len(day) else 1
     cell_of, day_of = _split(_distinct(cell * n_days + day), n_days)
     account_of, account_day_of = _split(_distinct(cell_of // n_src * n_days + day_of), n_days)
     tables["active_days"] = both(per(account_of, n_accounts), per(cell_of, n_cells))
