@@ -125,9 +125,7 @@ class WindowedEvents:
         if spans.select((pl.col("__row").is_null() | (pl.col("window_start") < pl.col("taken_start"))
                          | (pl.col("landmark") > pl.col("taken_end"))).any()).item():
             return None
-        rows = self.rows.lazy()
-        if set(sources) != set(self.rows["event"].unique().cast(pl.String)):
-            rows = rows.filter(pl.col("event").is_in(sources))
+        rows = self.rows.lazy().filter(pl.col("event").is_in(sources))  # capped event types out
         spans = spans.select("__row", "__c", "window_start", "landmark")  # one pass: no copy of every row kept
         joined = rows.join(spans.lazy(), on="__row", how="inner", maintain_order="left")
         return in_window(joined.drop("__row").rename({"__c": "__row"})).collect()

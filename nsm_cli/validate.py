@@ -329,12 +329,12 @@ def _parsed_events(table: Table, roles: tuple, formats: tuple[str, ...], *, care
 
 
 # The rows an event log keeps, and why the others go (in this order: each row counts under the first
-# reason that applies).
+# reason that applies). The number picks the file column from (id, timestamp, event).
 _EVENT_DROPS = (
-    ("events_missing_account_id", pl.col(ID).is_null(), "rows without an account id are ignored"),
-    ("events_invalid_timestamp", pl.col("__bad_ts"), None),
-    ("events_missing_timestamp", pl.col("ts").is_null(), "rows without a time are ignored"),
-    ("events_missing_name", pl.col("event").is_null(), "rows without an event name are ignored"),
+    ("events_missing_account_id", pl.col(ID).is_null(), 0, "rows without an account id are ignored"),
+    ("events_invalid_timestamp", pl.col("__bad_ts"), 1, None),
+    ("events_missing_timestamp", pl.col("ts").is_null(), 1, "rows without a time are ignored"),
+    ("events_missing_name", pl.col("event").is_null(), 2, "rows without an event name are ignored"),
 )
 _KEPT = pl.col(ID).is_not_null() & pl.col("ts").is_not_null() & pl.col("event").is_not_null()
 
@@ -346,7 +346,7 @@ def _event_checks(rows: pl.LazyFrame, has_user: bool, has_value: bool) -> pl.Laz
              _KEPT.sum().alias("kept"), pl.col("ts").filter(_KEPT).max().alias("kept_last"),
              *counted("bad_ts", pl.col("__bad_ts"))]
     earlier = pl.lit(False)
-    for code, mask, _advice in _EVENT_DROPS:
+    for code, mask, _column, _advice in _EVENT_DROPS:
         exprs += counted(code, mask & ~earlier)
         earlier = earlier | mask
     if has_user and "__dirty_user" in rows.collect_schema():
@@ -400,11 +400,9 @@ def clean_events(table: Table, settings: Settings, problems: Problems, accounts:
         problems.warn("events_negative_value", f"{found['negative_value']} negative value(s); kept as they are "
                       "(sum may shrink)", count=found["negative_value"], file=table.name, column=value_col,
                       example_row=found["negative_value_line"])
-    columns = {"events_missing_account_id": id_col, "events_invalid_timestamp": ts_col,
-               "events_missing_timestamp": ts_col, "events_missing_name": ev_col}
-    for code, _mask, advice in _EVENT_DROPS:
+    for code, _mask, column, advice in _EVENT_DROPS:
         if found[code]:
-            _warn_dropped(problems, code, found[code], found[f"{code}_line"], table, columns[code],
+            _warn_dropped(problems, code, found[code], found[f"{code}_line"], table, roles[column],
                           advice or f"formats seen: {date_format_label(formats)}; use one ISO format")
     if value_col and found["bad_value"]:
         problems.warn("events_invalid_value", f"{found['bad_value']} value(s) are not numbers; treated as missing",
