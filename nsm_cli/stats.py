@@ -12,7 +12,6 @@ tests against lifelines and scipy on the same arrays. Conventions:
 
 from __future__ import annotations
 
-import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -20,6 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 from scipy import special
+
+from nsm_cli import kernels
 
 Z_95 = float(special.ndtri(0.975))
 
@@ -50,159 +51,23 @@ class CoxFit:
 
 
 @dataclass(frozen=True, slots=True)
-class _RiskSets:
-    """Time structure shared by every Cox fit on the same (time, event, strata).
+class _Sorted:
+    """Accounts in the order the Cox kernels walk them: by stratum, then by time descending."""
 
-    Accounts are sorted by (stratum, time), events first within each (stratum, time) block, so
-    one reduce over "sub-blocks" (the events, then the censored, of each block) gives both the
-    deaths' sums and the block totals. Each block with events is one tie group for Efron.
-    """
+    order: np.ndarray
+    stratum: np.ndarray
+    time: np.ndarray
+    event: np.ndarray
 
-    order: np.ndarray  # accounts sorted by (stratum, time, censored)
-    sub_starts: np.ndarray  # sorted positions where a sub-block (events or censored of a block) begins
-    sub_block_starts: np.ndarray  # per block: index of its first sub-block
-    block_next: np.ndarray  # per block: first block of the next stratum (n_blocks when none)
-    group_sub: np.ndarray  # per tie group: index of its sub-block of events
-    group_block: np.ndarray  # per tie group: its block
-    group_size: np.ndarray  # per tie group: number of tied events d
-    power_sums: np.ndarray  # (5, groups): sum of l**m over l = 0..d-1, m = 1..5
-    event_pos: np.ndarray  # sorted positions of the events
-    event_group: np.ndarray  # per event: index of its tie group
-    efron_frac: np.ndarray  # per event: l / d within its tie group of d events
-
-
-def _risk_sets(time: np.ndarray, event: np.ndarray, strata: np.ndarray | None = None) -> _RiskSets:
-    stratum = np.zeros(len(time), np.int64) if strata is None else np.asarray(strata)
-    order = np.lexsort((~event, time, stratum))
-    t_sorted, s_sorted, e_sorted = time[order], stratum[order], event[order]
-    new_block = np.r_[True, (t_sorted[1:] != t_sorted[:-1]) | (s_sorted[1:] != s_sorted[:-1])]
-    block_starts = np.flatnonzero(new_block)
-    block_of = np.cumsum(new_block) - 1
-    block_stratum = s_sorted[block_starts]
-    first_of_stratum = np.flatnonzero(np.r_[True, block_stratum[1:] != block_stratum[:-1]])
-    next_first = np.r_[first_of_stratum[1:], len(block_starts)]
-    block_next = next_first[np.searchsorted(first_of_stratum, np.arange(len(block_starts)), side="right") - 1]
-    sub_starts = np.flatnonzero(new_block | np.r_[False, e_sorted[1:] != e_sorted[:-1]])
-    sub_block = block_of[sub_starts]
-    sub_block_starts = np.flatnonzero(np.r_[True, sub_block[1:] != sub_block[:-1]])
-    group_sub = np.flatnonzero(e_sorted[sub_starts])
-    group_size = np.diff(np.r_[sub_starts, len(time)])[group_sub]
-    event_pos = np.flatnonzero(e_sorted)
-    group_starts = np.cumsum(group_size) - group_size  # per tie group: index of its first event
-    event_group = np.repeat(np.arange(len(group_size)), group_size)
-    tied = (np.arange(len(event_pos)) - group_starts[event_group]).astype(float)  # l = 0..d-1 in each group
-    powers = np.array([np.bincount(event_group, weights=tied**m, minlength=len(group_size)) for m in range(1, 6)])
-    return _RiskSets(order, sub_starts, sub_block_starts, block_next, group_sub, sub_block[group_sub], group_size,
-                     powers.reshape(5, len(group_size)), event_pos, event_group,
-                     tied / np.maximum(group_size[event_group], 1))
+    @classmethod
+    def of(cls, time: np.ndarray, event: np.ndarray, strata: np.ndarray | None = None) -> _Sorted:
+        stratum = np.zeros(len(time), np.int64) if strata is None else np.asarray(strata, np.int64)
+        order = np.lexsort((-time, stratum))
+        return cls(order, stratum[order], time[order], event[order])
 
 
 def _revcumsum(a: np.ndarray, axis: int = 1) -> np.ndarray:
     return np.flip(np.cumsum(np.flip(a, axis=axis), axis=axis), axis=axis)
-
-
-def _features(X: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """[1, x_1..x_p, x_i x_j (i <= j)] per account for X (k, p, n): (k, 1 + p + p(p+1)/2, n), plus the
-    triangle indices."""
-    k, p, n = X.shape
-    iu, ju = np.triu_indices(p)
-    feats = np.concatenate([np.ones((k, 1, n)), X, X[:, iu] * X[:, ju]], axis=1)
-    return feats, iu, ju
-
-
-SERIES_BELOW = 1e-3  # Efron sums by power series when the tied deaths weigh under this share of the risk set
-
-
-def _efron_sums(u: np.ndarray, d: np.ndarray, powers: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """sum over l = 0..d-1 of log(1 - l u), 1 / (1 - l u) and 1 / (1 - l u)**2, for u (k, G) and d (G,).
-
-    Closed forms through log-gamma, digamma and trigamma (with a = 1/u: sum 1/(a - l) =
-    psi(a + 1) - psi(a - d + 1)); when d u is small those differences cancel, and a power series
-    in u (terms to u**5, exact to ~(d u)**6) is used instead.
-    """
-    small = u * d <= SERIES_BELOW
-    us = np.where(small, u, 0.0)[..., None] ** np.arange(1, 6)  # (k, G, 5)
-    weighted = us * powers.T  # S_m u**m
-    m = np.arange(1, 6)
-    log_s = -(weighted / m).sum(-1)
-    inv_s = d + weighted.sum(-1)
-    inv2_s = d + (weighted * (m + 1)).sum(-1)
-    a = 1.0 / np.where(small, 1.0, u)
-    low = np.maximum(a - d + 1, 1e-300)
-    with np.errstate(invalid="ignore", over="ignore"):
-        log_g = special.gammaln(a + 1) - special.gammaln(low) - d * np.log(a)
-        inv_g = a * (special.psi(a + 1) - special.psi(low))
-        inv2_g = a * a * (_trigamma(low) - _trigamma(a + 1))
-    return np.where(small, log_s, log_g), np.where(small, inv_s, inv_g), np.where(small, inv2_s, inv2_g)
-
-
-def _trigamma(x: np.ndarray) -> np.ndarray:
-    """psi'(x) = zeta(2, x) for x >= 1, to ~1e-15 relative, about 20x faster than scipy's zeta: the
-    recurrence psi'(x) = psi'(x + 1) + 1/x**2 up to x >= 10, then the asymptotic series
-    1/x + 1/(2x^2) + sum B_2k / x^(2k+1) to B_14 (the next term is under 1e-16 of the sum)."""
-    y = np.array(x, dtype=float)
-    total = np.zeros_like(y)
-    while (low := y < 10).any():
-        total[low] += 1 / y[low] ** 2
-        y[low] += 1
-    inv = 1 / y
-    inv2 = inv * inv
-    bernoulli = 1 / 6 - inv2 * (1 / 30 - inv2 * (1 / 42 - inv2 * (1 / 30 - inv2 * (5 / 66 - inv2 * (691 / 2730 - inv2 * 7 / 6)))))
-    return total + inv + inv2 / 2 + inv * inv2 * bernoulli
-
-
-def _group_sums(rs: _RiskSets, a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per tie group, the risk set's and the tied deaths' sums of time-sorted `a` (k, F, n): (k, G, F) each."""
-    sub = np.add.reduceat(a, rs.sub_starts, axis=2).transpose(0, 2, 1)
-    cum = _revcumsum(np.add.reduceat(sub, rs.sub_block_starts, axis=1))
-    cum = np.concatenate([cum, np.zeros_like(cum[:, :1])], axis=1)  # block n_blocks: an empty stratum end
-    return cum[:, rs.group_block] - cum[:, rs.block_next[rs.group_block]], sub[:, rs.group_sub]
-
-
-def _efron_terms(rs: _RiskSets, X: np.ndarray, feats: np.ndarray, tri: tuple[np.ndarray, np.ndarray],
-                 beta: np.ndarray, x_events: np.ndarray, work: tuple[np.ndarray, np.ndarray]):
-    """Log-likelihood (k,), gradient (k, p), Hessian (k, p, p) at beta for time-sorted X (k, p, n).
-
-    Risk-set sums R of w, w x and w x x' come from one reduce over sub-blocks of w * features;
-    for the l-th of d tied deaths (sums D) Efron's denominator is R - (l/d) D. Per tie group,
-    (R_v - l D_v/d) / (R_0 - l D_0/d) = c_v + B_v / y_l with c = D / D_0, B = R - R_0 c and
-    y_l = R_0 - l D_0/d, so the sums over l need only sum log y_l, sum 1/y_l and sum 1/y_l**2
-    (`_efron_sums`): the cost is per group, not per event. `x_events` (k, p): sum of x over events.
-    `work`: buffers of at least (k, n) and (k, F, n), reused across calls (fresh arrays of this size
-    cost more in page faults than the arithmetic).
-    """
-    k, p, _n = X.shape
-    iu, ju = tri
-    eta, weighted = work[0][:k], work[1][:k]
-    if p == 1:
-        np.multiply(X[:, 0], beta, out=eta)
-    else:
-        np.einsum("kpn,kp->kn", X, beta, out=eta)
-    shift = eta.max(axis=1)
-    np.subtract(eta, shift[:, None], out=eta)
-    np.exp(eta, out=eta)
-    np.multiply(feats, eta[:, None], out=weighted)
-    risk, deaths = _group_sums(rs, weighted)
-    d = rs.group_size.astype(float)
-    r0, d0 = risk[..., 0], deaths[..., 0]
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        log_sum, inv_sum, inv2_sum = _efron_sums(d0 / (d * r0), d, rs.power_sums)
-        h1, h2 = inv_sum / r0, inv2_sum / r0**2
-        c = np.where(d0[..., None] > 0, deaths / d0[..., None], 0.0)
-        b = risk - r0[..., None] * c
-        first = slice(1, 1 + p)
-        c1, b1, c2, b2 = c[..., first], b[..., first], c[..., 1 + p :], b[..., 1 + p :]
-        ratio1 = (d[:, None] * c1 + b1 * h1[..., None]).sum(axis=1)
-        ratio2 = (d[:, None] * c2 + b2 * h1[..., None]).sum(axis=1)
-        cross = (d[:, None] * c1[..., iu] * c1[..., ju] + (c1[..., iu] * b1[..., ju] + c1[..., ju] * b1[..., iu])
-                 * h1[..., None] + b1[..., iu] * b1[..., ju] * h2[..., None]).sum(axis=1)
-        ll = (x_events * beta).sum(axis=1) - (d * np.log(r0) + log_sum).sum(axis=1) - len(rs.event_pos) * shift
-        grad = x_events - ratio1
-        hess_tri = -(ratio2 - cross)
-    hess = np.empty((X.shape[0], p, p))
-    hess[:, iu, ju] = hess_tri
-    hess[:, ju, iu] = hess_tri
-    return ll, grad, hess
 
 
 def cox_fit(time: np.ndarray, event: np.ndarray, X: np.ndarray, *, penalizer: float = 0.0,
@@ -218,31 +83,25 @@ def cox_fit(time: np.ndarray, event: np.ndarray, X: np.ndarray, *, penalizer: fl
     """
     X = np.asarray(X, dtype=float)
     k, n, p = X.shape
-    rs = _risk_sets(np.asarray(time, float), np.asarray(event, bool), strata)
-    Xs = np.ascontiguousarray(X.transpose(0, 2, 1)[:, :, rs.order])
-    Xs -= Xs.mean(axis=2, keepdims=True)  # the fit does not depend on location; sums lose less to rounding
-    feats, iu, ju = _features(Xs)
-    work = (np.empty((k, n)), np.empty_like(feats))
+    srt = _Sorted.of(np.asarray(time, float), np.asarray(event, bool), strata)
+    Xs = np.ascontiguousarray(X[:, srt.order])
+    Xs -= Xs.mean(axis=1, keepdims=True)  # the fit does not depend on location; sums lose less to rounding
     pen = penalizer * n
     eye = np.eye(p)
+    n_events = int(srt.event.sum())
 
     def terms(idx: np.ndarray, b: np.ndarray):
-        every = len(idx) == k
-        ll, g, h = _efron_terms(rs, Xs if every else Xs[idx], feats if every else feats[idx], (iu, ju), b,
-                                x_events if every else x_events[idx], work)
+        ll, g, h = kernels.efron_terms(Xs, idx, b, srt.stratum, srt.time, srt.event)
         return ll - 0.5 * pen * (b**2).sum(1), g - pen * b, h - pen * eye
 
     beta = np.zeros((k, p)) if start is None else np.array(start, dtype=float)
-    x_events = Xs[:, :, rs.event_pos].sum(axis=2)
     ll, grad, hess = terms(np.arange(k), beta)
     # A covariate constant within every risk set at every event has no information at any beta; its
     # computed information is rounding noise, which Newton would follow. Zero it exactly instead.
-    uninformed = np.diagonal(-hess, axis1=1, axis2=2) <= 1e-9 * max(1, len(rs.event_pos)) * (Xs**2).mean(axis=2)
+    uninformed = np.diagonal(-hess, axis1=1, axis2=2) <= 1e-9 * max(1, n_events) * (Xs**2).mean(axis=1)
     if uninformed.any():
-        Xs[uninformed] = 0.0
+        Xs.transpose(0, 2, 1)[uninformed] = 0.0
         beta[uninformed] = 0.0
-        feats = _features(Xs)[0]
-        x_events = Xs[:, :, rs.event_pos].sum(axis=2)
         ll, grad, hess = terms(np.arange(k), beta)
     done = np.zeros(k, bool)
     converged = np.zeros(k, bool)
@@ -291,13 +150,11 @@ def _workers() -> int:
 
 
 def cox_fit_chunked(time: np.ndarray, event: np.ndarray, X: np.ndarray, *, penalizer: float = 0.0,
-                    strata: np.ndarray | None = None, max_cells: int = 6_000_000,
-                    start: np.ndarray | None = None) -> CoxFit:
-    """`cox_fit` over chunks of models, run on a thread per core (numpy releases the GIL in its
-    kernels). Each chunk's feature array stays under `max_cells` floats. Chunks are independent,
-    so results do not depend on the number of threads."""
-    k, n, p = X.shape
-    size = max(1, min(max_cells // max(1, n * (1 + p + p * (p + 1) // 2)), -(-k // _workers())))
+                    strata: np.ndarray | None = None, start: np.ndarray | None = None) -> CoxFit:
+    """`cox_fit` over chunks of models, run on a thread per core (the kernels release the GIL).
+    Chunks are independent, so results do not depend on the number of threads."""
+    k = X.shape[0]
+    size = max(1, -(-k // _workers()))
     starts = range(0, k, size)
     with ThreadPoolExecutor(max_workers=_workers()) as pool:
         fits = list(pool.map(lambda i: cox_fit(time, event, X[i : i + size], penalizer=penalizer, strata=strata,
@@ -307,11 +164,6 @@ def cox_fit_chunked(time: np.ndarray, event: np.ndarray, X: np.ndarray, *, penal
         np.concatenate([f.log_likelihood for f in fits]), np.concatenate([f.converged for f in fits]),
         penalizer,
     )
-
-
-HISTOGRAM_CELLS = 1_000_000  # distinct (time order x score) cells up to which C uses a 2-D histogram
-CHUNK_TABLE_CELLS = 16_000_000  # cap on the (score chunk x time order) table of the chunked path (128 MB)
-MIN_CHUNK = 32
 
 
 def dense_codes(a: np.ndarray) -> np.ndarray:
@@ -349,88 +201,28 @@ def concordance(time: np.ndarray, event: np.ndarray, scores: np.ndarray) -> np.n
 def concordance_of_codes(time: np.ndarray, event: np.ndarray, codes: np.ndarray) -> np.ndarray:
     """`concordance` of each column of integer codes (n, k) that order the scores (see `dense_codes`).
 
-    Vectorised: a 2-D histogram over (time order, score code) when that is small (scores with
-    few distinct values, such as counts), else `_concordant_by_chunks`.
+    Accounts are sorted once by `level` (time order, a censored account above an event at the same
+    time), so that (i, j) is comparable exactly when i is an event and level[j] > level[i]; the
+    pairs are then counted per column by `kernels.concordant_counts` in O(n log n).
     """
     time = np.asarray(time, float)
     event = np.asarray(event, bool)
     t_rank = np.unique(time, return_inverse=True)[1].ravel()
-    kappa = np.unique(2 * t_rank + (~event), return_inverse=True)[1].ravel()  # comparable partners: higher kappa
-    n_kappa = int(kappa.max()) + 1 if len(kappa) else 0
-    out = np.full(codes.shape[1], np.nan)
-    above = len(time) - np.cumsum(np.bincount(kappa, minlength=n_kappa))  # accounts with a higher kappa
-    pairs = int(above[kappa[event]].sum())
+    level = 2 * t_rank + (~event)
+    order = np.argsort(-level, kind="stable")
+    above = len(time) - np.cumsum(np.bincount(level, minlength=int(level.max(initial=-1)) + 1))
+    pairs = int(above[level[event]].sum())  # accounts with a higher level, summed over events
     if pairs == 0:
-        return out
-    size = _chunk_size(len(time), n_kappa, int(event.sum()))
-
-    def one(r: np.ndarray) -> float:
-        n_r = int(r.max()) + 1
-        if n_kappa * n_r <= HISTOGRAM_CELLS:
-            greater, ties = _concordant_by_histogram(kappa, r, event, n_kappa, n_r)
-        else:
-            greater, ties = _concordant_by_chunks(kappa, r, event, n_kappa, size)
-        return (greater + 0.5 * ties) / pairs
-
+        return np.full(codes.shape[1], np.nan)
+    ordered = np.ascontiguousarray(np.asarray(codes, np.int64)[order].T)
+    level_sorted, event_sorted = level[order], event[order]
+    size = max(1, -(-ordered.shape[0] // _workers()))
     with ThreadPoolExecutor(max_workers=_workers()) as pool:
-        out[:] = list(pool.map(one, np.ascontiguousarray(codes.T)))
-    return out
-
-
-def _concordant_by_histogram(kappa: np.ndarray, r: np.ndarray, event: np.ndarray, n_kappa: int,
-                             n_r: int) -> tuple[float, float]:
-    cells = np.bincount(kappa * n_r + r, minlength=n_kappa * n_r).reshape(n_kappa, n_r)
-    later = np.vstack([_revcumsum(cells, axis=0)[1:], np.zeros((1, n_r), np.int64)])  # kappa strictly higher
-    higher = np.hstack([_revcumsum(later, axis=1)[:, 1:], np.zeros((n_kappa, 1), np.int64)])  # score higher
-    events = np.bincount(kappa[event] * n_r + r[event], minlength=n_kappa * n_r).reshape(n_kappa, n_r)
-    return float((events * higher).sum()), float((events * later).sum())
-
-
-TABLE_CELL_COST = 6.0  # one table cell costs about as much as 6 direct comparisons (measured at 100k accounts)
-
-
-def _chunk_size(n: int, n_kappa: int, n_events: int) -> int:
-    """Chunk length S for `_concordant_by_chunks`. Its table costs (n / S) x n_kappa cells and its
-    direct comparisons n_events x S; S = sqrt(cost x n x n_kappa / n_events) balances the two, within
-    the table cap."""
-    balanced = math.sqrt(TABLE_CELL_COST * n * n_kappa / max(1, n_events))
-    return int(min(n, max(MIN_CHUNK, balanced, -(-n * n_kappa // CHUNK_TABLE_CELLS))))
-
-
-def _concordant_by_chunks(kappa: np.ndarray, r: np.ndarray, event: np.ndarray, n_kappa: int, size: int,
-                          batch: int = 65_536) -> tuple[float, float]:
-    """For scores with many distinct values: accounts sorted by score, highest first, cut into
-    chunks of `size` (S). An event's partners with a strictly higher score are those before the
-    first position L of its score; the ones in whole chunks before L come from a (chunk x kappa)
-    table of counts, the few in L's own chunk from a direct comparison. Ties by one sort of
-    (score, kappa). O(n log n + table + events x S)."""
-    n = len(r)
-    n_chunks = -(-n // size)
-    order = np.argsort(-r, kind="stable")
-    r_sorted = r[order]
-    kap = np.full(n_chunks * size, -1, np.int32)  # padded: chunk rows of kappa by score order
-    kap[:n] = kappa[order]
-    starts = np.flatnonzero(np.r_[True, r_sorted[1:] != r_sorted[:-1]])
-    first = starts[np.cumsum(np.r_[True, r_sorted[1:] != r_sorted[:-1]]) - 1]  # first position of my score
-    table = np.bincount((np.arange(n) // size) * n_kappa + kap[:n].astype(np.int64), minlength=n_chunks * n_kappa)
-    in_chunk = np.zeros((n_chunks, n_kappa), np.int64)  # [c, q]: accounts of chunk c with kappa > q
-    in_chunk[:, :-1] = _revcumsum(table.reshape(n_chunks, n_kappa))[:, 1:]
-    higher = np.vstack([np.zeros((1, n_kappa), np.int64), np.cumsum(in_chunk, axis=0)])  # chunks before c
-    by_chunk = kap.reshape(n_chunks, size)
-    events = np.flatnonzero(event[order])
-    greater = 0
-    for lo in range(0, len(events), batch):
-        q = events[lo : lo + batch]
-        limit, k_q = first[q], kap[q]
-        chunk = limit // size
-        greater += int(higher[chunk, k_q].sum())
-        inside = (by_chunk[np.minimum(chunk, n_chunks - 1)] > k_q[:, None]) & (
-            np.arange(size) < (limit - chunk * size)[:, None])
-        greater += int(inside.sum())
-    keys = np.sort(r * n_kappa + kappa)
-    ev_r, ev_k = r[event], kappa[event]
-    ties = np.searchsorted(keys, ev_r * n_kappa + n_kappa) - np.searchsorted(keys, ev_r * n_kappa + ev_k + 1)
-    return float(greater), float(ties.sum())
+        parts = list(pool.map(lambda i: kernels.concordant_counts(level_sorted, event_sorted, ordered[i : i + size]),
+                              range(0, ordered.shape[0], size)))
+    greater = np.concatenate([g for g, _ in parts]).astype(float)
+    ties = np.concatenate([t for _, t in parts]).astype(float)
+    return (greater + 0.5 * ties) / pairs
 
 
 @dataclass(frozen=True, slots=True)
@@ -636,15 +428,12 @@ def schoenfeld_test(time: np.ndarray, event: np.ndarray, x: np.ndarray) -> PHTes
     time, event, x = np.asarray(time, float), np.asarray(event, bool), np.asarray(x, float)
     fit = cox_fit(time, event, x[None, :, None])
     beta, var = float(fit.beta[0, 0]), float(fit.variance[0, 0, 0])
-    rs = _risk_sets(time, event)
-    xs = x[rs.order]
-    w = np.exp(beta * xs - (beta * xs).max())
-    risk, deaths = _group_sums(rs, np.stack([w, w * xs])[None])
-    phi = risk[0, rs.event_group] - rs.efron_frac[:, None] * deaths[0, rs.event_group]
-    ratio = phi[:, 1] / phi[:, 0]
-    sizes = np.bincount(rs.event_group)
-    group_mean = np.bincount(rs.event_group, weights=ratio) / sizes
-    resid = xs[rs.event_pos] - group_mean[rs.event_group]
+    srt = _Sorted.of(time, event)
+    risk_mean = np.empty(len(x))
+    risk_mean[srt.order] = kernels.efron_means(x[srt.order], beta, srt.time, srt.event)
+    deaths = np.flatnonzero(event)
+    deaths = deaths[np.argsort(time[deaths], kind="stable")]  # by event time, ties in file order
+    resid = x[deaths] - risk_mean[deaths]
     n_events = len(resid)
     scaled = n_events * var * resid
     ranks = np.arange(1, n_events + 1, dtype=float)
