@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from nsm_cli import stats
+from nsm_cli import kernels, stats
 
 SEPARATION_BETA = 8.0  # |log HR per SD| beyond this means the likelihood has no finite maximum
 COLLINEAR_R2 = 0.9  # a candidate this well explained by the segments has no separate adjusted effect
@@ -62,10 +62,8 @@ class Evidence:
 
 def standardise(metrics: np.ndarray) -> np.ndarray:
     """Signed log1p, then centre and scale each column to sample SD 1 (ddof=1)."""
-    x = np.sign(metrics) * np.log1p(np.abs(metrics))
-    sd = x.std(axis=0, ddof=1)
-    sd = np.where(sd > 0, sd, 1.0)
-    return (x - x.mean(axis=0)) / sd
+    rows = np.ascontiguousarray(np.asarray(metrics, dtype=float).T)
+    return np.vstack(stats.by_rows(kernels.standardise, rows)).T
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,14 +72,17 @@ class MetricMatrix:
     once and shared by the outcomes that cover every account."""
 
     values: np.ndarray
-    codes: np.ndarray  # stats.dense_codes(values)
+    codes: np.ndarray  # stats.codes_and_ranks(values)
     standardised: np.ndarray  # standardise(values)
     ranks: np.ndarray  # average ranks per column
 
     @classmethod
     def of(cls, values: np.ndarray, codes: np.ndarray | None = None) -> MetricMatrix:
-        codes = stats.dense_codes(values) if codes is None else codes
-        return cls(values, codes, standardise(values), stats.average_ranks(codes))
+        if codes is None:
+            codes, ranks = stats.codes_and_ranks(values)
+        else:
+            ranks = stats.average_ranks(codes)
+        return cls(values, codes, standardise(values), ranks)
 
     def rows(self, rows: np.ndarray) -> MetricMatrix:
         if len(rows) == len(self.values) and (rows == np.arange(len(rows))).all():
@@ -207,10 +208,17 @@ def _adjusted(t: np.ndarray, e: np.ndarray, x: np.ndarray, segments: Segments, r
 
 
 def explained_share(x: np.ndarray, z: np.ndarray) -> np.ndarray:
-    """R^2 of each column of x (n, k) regressed (least squares, with intercept) on z (n, s)."""
-    design = np.column_stack([np.ones(len(z)), z])
-    coef, *_ = np.linalg.lstsq(design, x, rcond=None)
-    resid = x - design @ coef
-    total = ((x - x.mean(0)) ** 2).sum(0)
+    """R^2 of each column of x (n, k) regressed (least squares, with intercept) on z (n, s).
+
+    From the normal equations of the centred design, so that no (n, k) residuals are formed: with Zc
+    and Xc centred, the explained sum of squares of column j is b_j' (Zc' Xc)_j for b solving
+    (Zc' Zc) b = Zc' Xc (least squares, so collinear segment columns are harmless).
+    """
+    zc = z - z.mean(axis=0)
+    mean = x.mean(axis=0)
+    cross = zc.T @ x  # = Zc' Xc, since the columns of Zc sum to zero
+    coef = np.linalg.lstsq(zc.T @ zc, cross, rcond=None)[0]
+    total = np.einsum("ij,ij->j", x, x) - len(x) * mean**2
+    explained = (coef * cross).sum(axis=0)
     with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(total > 0, 1 - (resid**2).sum(0) / total, 0.0)
+        return np.where(total > 1e-12 * len(x), np.clip(explained / total, 0.0, 1.0), 0.0)

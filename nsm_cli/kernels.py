@@ -17,120 +17,158 @@ _jit = numba.njit(cache=True, nogil=True)
 
 
 @_jit
-def efron_terms(X, models, beta, stratum, time, event):  # noqa: C901 - one pass, kept whole on purpose
+def _add_weighted(x, w, lo, hi, s1, s2):
+    """Sums over accounts lo..hi-1: returns that of w; adds those of w x to s1 and of w x x' to s2
+    (lower triangle)."""
+    s0 = 0.0
+    for j in range(lo, hi):
+        s0 += w[j]
+        for a in range(x.shape[1]):
+            wx = w[j] * x[j, a]
+            s1[a] += wx
+            for c in range(a + 1):
+                s2[a, c] += wx * x[j, c]
+    return s0
+
+
+@_jit
+def _efron_ties(d, r0, r1, r2, d0, d1, d2, grad, hess, mean):
+    """One block's d deaths: subtracts their Efron terms from grad (p,) and hess (p, p) (lower
+    triangle), given the risk-set sums (r) and the deaths' sums (d); returns the sum of log phi."""
+    total = 0.0
+    for lth in range(d):
+        f = lth / d
+        phi = r0 - f * d0
+        total += math.log(phi)
+        for a in range(len(mean)):
+            mean[a] = (r1[a] - f * d1[a]) / phi
+            grad[a] -= mean[a]
+        for a in range(len(mean)):
+            for c in range(a + 1):
+                hess[a, c] -= (r2[a, c] - f * d2[a, c]) / phi - mean[a] * mean[c]
+    return total
+
+
+@_jit
+def efron_terms(X, models, beta, starts, deaths, fresh):
     """Cox partial log-likelihood with Efron's ties, its gradient and Hessian, for k models at once.
 
-    X (K, n, p): each model's covariates over the same accounts, sorted by stratum and then by time
-    *descending*; `stratum` (int), `time` (float) and `event` (bool) in that order. The k models
-    `models` (indexes into X) are evaluated at beta (k, p).
-    Walking down the times, each block of equal (stratum, time) joins the risk set; for the l-th of
-    its d deaths (l = 0..d-1) Efron's risk set is R - (l/d) D, with R the risk-set sums of w, w x
-    and w x x' (w = exp(x'beta)) and D the same sums over the block's deaths.
+    X (K, n, p): each model's covariates over the same accounts, sorted by stratum, then by time
+    descending, deaths first among equal times. Block b (accounts starts[b] to starts[b+1], the
+    first deaths[b] of them deaths) is one (stratum, time); fresh[b] when it begins a stratum. The
+    k models `models` (indexes into X) are evaluated at beta (k, p).
+    Walking down the blocks, each joins the risk set; for the l-th of its d deaths (l = 0..d-1)
+    Efron's risk set is R - (l/d) D, with R the risk-set sums of w, w x and w x x' (w = exp(x'beta))
+    and D the same sums over the block's deaths.
     Returns ll (k,), gradient (k, p) and Hessian (k, p, p) of the log-likelihood.
     """
     _, n, p = X.shape
     k = len(models)
-    ll = np.zeros(k)
-    grad = np.zeros((k, p))
-    hess = np.zeros((k, p, p))
-    eta = np.empty(n)
+    ll, grad, hess = np.zeros(k), np.zeros((k, p)), np.zeros((k, p, p))
+    eta, w = np.empty(n), np.empty(n)
     r1, d1, mean = np.empty(p), np.empty(p), np.empty(p)
     r2, d2 = np.empty((p, p)), np.empty((p, p))
     for m in range(k):
         x = X[models[m]]
-        shift = -np.inf  # weights exp(eta - max eta): no overflow; the shift cancels in ratios
         for i in range(n):
-            s = 0.0
+            eta[i] = 0.0
             for a in range(p):
-                s += x[i, a] * beta[m, a]
-            eta[i] = s
-            shift = max(shift, s)
+                eta[i] += x[i, a] * beta[m, a]
+        shift = eta.max()  # weights exp(eta - max eta): no overflow; the shift cancels in the ratios
+        for i in range(n):
+            w[i] = math.exp(eta[i] - shift)
         r0 = 0.0
-        i = 0
-        while i < n:
-            if i == 0 or stratum[i] != stratum[i - 1]:
+        for blk in range(len(deaths)):
+            if fresh[blk]:
                 r0 = 0.0
                 r1[:] = 0.0
                 r2[:, :] = 0.0
-            d0 = 0.0
+            lo, dead, hi = starts[blk], starts[blk] + deaths[blk], starts[blk + 1]
             d1[:] = 0.0
             d2[:, :] = 0.0
-            deaths = 0
-            j = i
-            while j < n and time[j] == time[i] and stratum[j] == stratum[i]:
-                w = math.exp(eta[j] - shift)
-                r0 += w
-                for a in range(p):
-                    wx = w * x[j, a]
-                    r1[a] += wx
-                    for b in range(a + 1):
-                        r2[a, b] += wx * x[j, b]
-                if event[j]:
-                    deaths += 1
-                    d0 += w
-                    ll[m] += eta[j] - shift
-                    for a in range(p):
-                        wx = w * x[j, a]
-                        d1[a] += wx
-                        grad[m, a] += x[j, a]
-                        for b in range(a + 1):
-                            d2[a, b] += wx * x[j, b]
-                j += 1
-            for lth in range(deaths):
-                f = lth / deaths
-                phi = r0 - f * d0
-                ll[m] -= math.log(phi)
-                for a in range(p):
-                    mean[a] = (r1[a] - f * d1[a]) / phi
-                    grad[m, a] -= mean[a]
-                for a in range(p):
-                    for b in range(a + 1):
-                        hess[m, a, b] -= (r2[a, b] - f * d2[a, b]) / phi - mean[a] * mean[b]
-            i = j
+            d0 = _add_weighted(x, w, lo, dead, d1, d2)
+            r0 += d0 + _add_weighted(x, w, dead, hi, r1, r2)
+            r1 += d1
+            r2 += d2
+            for j in range(lo, dead):
+                ll[m] += eta[j] - shift
+                grad[m] += x[j]
+            ll[m] -= _efron_ties(deaths[blk], r0, r1, r2, d0, d1, d2, grad[m], hess[m], mean)
         for a in range(p):
-            for b in range(a):
-                hess[m, b, a] = hess[m, a, b]
+            for c in range(a):
+                hess[m, c, a] = hess[m, a, c]
     return ll, grad, hess
 
 
 @_jit
-def efron_means(x, beta, time, event):
-    """For a univariate Cox model (no strata) at `beta`: per death, the risk set's weighted mean of
-    x, averaged over Efron's l = 0..d-1 within its tie group. Accounts sorted by time descending;
-    NaN for the censored."""
-    n = len(x)
-    out = np.full(n, np.nan)
-    shift = -np.inf
-    for i in range(n):
-        shift = max(shift, beta * x[i])
+def efron_terms_1(X, models, beta, starts, deaths, fresh):
+    """`efron_terms` for one covariate, X (K, n): the same sums in scalars, about twice as fast."""
+    n = X.shape[1]
+    k = len(models)
+    ll, grad, hess = np.zeros(k), np.zeros((k, 1)), np.zeros((k, 1, 1))
+    w = np.empty(n)
+    for m in range(k):
+        x, b = X[models[m]], beta[m, 0]
+        shift = max(x.max() * b, x.min() * b)
+        for i in range(n):
+            w[i] = math.exp(x[i] * b - shift)
+        r0 = r1 = r2 = 0.0
+        for blk in range(len(deaths)):
+            if fresh[blk]:
+                r0 = r1 = r2 = 0.0
+            lo, dead, hi, d = starts[blk], starts[blk] + deaths[blk], starts[blk + 1], deaths[blk]
+            d0 = d1 = d2 = 0.0
+            for j in range(lo, dead):
+                wx = w[j] * x[j]
+                d0 += w[j]
+                d1 += wx
+                d2 += wx * x[j]
+                grad[m, 0] += x[j]
+                ll[m] += x[j] * b - shift
+            for j in range(dead, hi):
+                wx = w[j] * x[j]
+                r0 += w[j]
+                r1 += wx
+                r2 += wx * x[j]
+            r0, r1, r2 = r0 + d0, r1 + d1, r2 + d2
+            for lth in range(d):
+                f = lth / d
+                phi = r0 - f * d0
+                mu = (r1 - f * d1) / phi
+                ll[m] -= math.log(phi)
+                grad[m, 0] -= mu
+                hess[m, 0, 0] -= (r2 - f * d2) / phi - mu * mu
+    return ll, grad, hess
+
+
+@_jit
+def efron_means(x, beta, starts, deaths):
+    """For a univariate Cox model (one stratum, blocks as in `efron_terms`) at `beta`: per death, the
+    risk set's weighted mean of x, averaged over Efron's l = 0..d-1 within its block; NaN for the
+    censored."""
+    out = np.full(len(x), np.nan)
+    shift = max(x.max() * beta, x.min() * beta)
     r0 = r1 = 0.0
-    i = 0
-    while i < n:
+    for blk in range(len(deaths)):
+        lo, dead, hi, d = starts[blk], starts[blk] + deaths[blk], starts[blk + 1], deaths[blk]
         d0 = d1 = 0.0
-        deaths = 0
-        j = i
-        while j < n and time[j] == time[i]:
-            w = math.exp(beta * x[j] - shift)
+        for j in range(lo, hi):
+            w = math.exp(x[j] * beta - shift)
             r0 += w
             r1 += w * x[j]
-            if event[j]:
-                deaths += 1
+            if j < dead:
                 d0 += w
                 d1 += w * x[j]
-            j += 1
         total = 0.0
-        for lth in range(deaths):
-            f = lth / deaths
+        for lth in range(d):
+            f = lth / d
             total += (r1 - f * d1) / (r0 - f * d0)
-        for q in range(i, j):
-            if event[q]:
-                out[q] = total / deaths
-        i = j
+        out[lo:dead] = total / max(d, 1)
     return out
 
 
 @_jit
-def concordant_counts(level, event, codes):
+def concordant_counts(codes, level, event):
     """Harrell's comparable pairs counted with a Fenwick tree, O(n log n) per score column.
 
     Accounts sorted by `level` descending, where (i, j) is comparable exactly when i is an event and
@@ -173,3 +211,51 @@ def concordant_counts(level, event, codes):
             inserted += j - i
             i = j
     return greater, ties
+
+
+@_jit
+def rank_columns(values, order):
+    """Per row of `values` (k, n), given `order` (k, n) that sorts it (NaNs last): each value's dense
+    code from 0 (equal values, equal codes; NaNs equal) and its average rank from 1 (ties share the
+    mean of their ranks)."""
+    k, n = values.shape
+    codes = np.empty((k, n), np.int64)
+    ranks = np.empty((k, n))
+    for c in range(k):
+        col, at = values[c], order[c]
+        code = 0
+        i = 0
+        while i < n:
+            v = col[at[i]]
+            j = i + 1
+            while j < n and (col[at[j]] == v or (v != v and col[at[j]] != col[at[j]])):
+                j += 1
+            for q in range(i, j):
+                codes[c, at[q]] = code
+                ranks[c, at[q]] = (i + 1 + j) / 2  # the mean of ranks i+1..j
+            code += 1
+            i = j
+    return codes, ranks
+
+
+@_jit
+def standardise(values):
+    """Per row of `values` (k, n): signed log1p, centred and scaled to sample SD 1 (ddof=1; a constant
+    row is only centred)."""
+    k, n = values.shape
+    out = np.empty((k, n))
+    for c in range(k):
+        total = 0.0
+        for i in range(n):
+            v = values[c, i]
+            out[c, i] = math.copysign(math.log1p(abs(v)), v)
+            total += out[c, i]
+        mean = total / n
+        ss = 0.0
+        for i in range(n):
+            ss += (out[c, i] - mean) ** 2
+        sd = math.sqrt(ss / (n - 1)) if n > 1 else 0.0
+        scale = 1.0 / sd if sd > 0 else 1.0
+        for i in range(n):
+            out[c, i] = (out[c, i] - mean) * scale
+    return out

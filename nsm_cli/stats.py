@@ -51,19 +51,28 @@ class CoxFit:
 
 
 @dataclass(frozen=True, slots=True)
-class _Sorted:
-    """Accounts in the order the Cox kernels walk them: by stratum, then by time descending."""
+class _Blocks:
+    """Accounts in the order the Cox kernels walk them: by stratum, then by time descending, deaths
+    first among equal times; each (stratum, time) is one block (see `kernels.efron_terms`)."""
 
     order: np.ndarray
-    stratum: np.ndarray
-    time: np.ndarray
-    event: np.ndarray
+    starts: np.ndarray  # per block, its first position; then n
+    deaths: np.ndarray  # per block, its number of deaths (the first positions of the block)
+    fresh: np.ndarray  # per block, whether it begins a stratum
 
     @classmethod
-    def of(cls, time: np.ndarray, event: np.ndarray, strata: np.ndarray | None = None) -> _Sorted:
+    def of(cls, time: np.ndarray, event: np.ndarray, strata: np.ndarray | None = None) -> _Blocks:
         stratum = np.zeros(len(time), np.int64) if strata is None else np.asarray(strata, np.int64)
-        order = np.lexsort((-time, stratum))
-        return cls(order, stratum[order], time[order], event[order])
+        order = np.lexsort((~event, -time, stratum))
+        t, s = time[order], stratum[order]
+        new_stratum = np.r_[True, s[1:] != s[:-1]]
+        starts = np.flatnonzero(new_stratum | np.r_[True, t[1:] != t[:-1]])
+        deaths = np.add.reduceat(event[order].astype(np.int64), starts)
+        return cls(order, np.r_[starts, len(time)], deaths, new_stratum[starts])
+
+    @property
+    def n_events(self) -> int:
+        return int(self.deaths.sum())
 
 
 def _revcumsum(a: np.ndarray, axis: int = 1) -> np.ndarray:
@@ -83,15 +92,16 @@ def cox_fit(time: np.ndarray, event: np.ndarray, X: np.ndarray, *, penalizer: fl
     """
     X = np.asarray(X, dtype=float)
     k, n, p = X.shape
-    srt = _Sorted.of(np.asarray(time, float), np.asarray(event, bool), strata)
-    Xs = np.ascontiguousarray(X[:, srt.order])
+    blocks = _Blocks.of(np.asarray(time, float), np.asarray(event, bool), strata)
+    Xs = np.ascontiguousarray(X[:, blocks.order])
     Xs -= Xs.mean(axis=1, keepdims=True)  # the fit does not depend on location; sums lose less to rounding
     pen = penalizer * n
     eye = np.eye(p)
-    n_events = int(srt.event.sum())
+    n_events = blocks.n_events
+    kernel, data = (kernels.efron_terms_1, Xs[:, :, 0]) if p == 1 else (kernels.efron_terms, Xs)
 
     def terms(idx: np.ndarray, b: np.ndarray):
-        ll, g, h = kernels.efron_terms(Xs, idx, b, srt.stratum, srt.time, srt.event)
+        ll, g, h = kernel(data, idx, b, blocks.starts, blocks.deaths, blocks.fresh)
         return ll - 0.5 * pen * (b**2).sum(1), g - pen * b, h - pen * eye
 
     beta = np.zeros((k, p)) if start is None else np.array(start, dtype=float)
@@ -166,10 +176,30 @@ def cox_fit_chunked(time: np.ndarray, event: np.ndarray, X: np.ndarray, *, penal
     )
 
 
+def codes_and_ranks(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per column of a (n, k): each value's dense code from 0 (equal values, equal codes), int64, and
+    its average rank from 1 (ties share the mean rank). Columns run on a thread per core."""
+    rows = np.ascontiguousarray(np.asarray(a, dtype=float).T)
+    parts = by_rows(kernels.rank_columns, rows, np.argsort(rows, axis=1))
+    return np.vstack([c for c, _ in parts]).T, np.vstack([r for _, r in parts]).T
+
+
 def dense_codes(a: np.ndarray) -> np.ndarray:
     """Per column of a (n, k): each value's dense rank from 0 (equal values, equal codes), int64."""
-    frame = pl.DataFrame({f"c{i}": np.asarray(a[:, i], dtype=float) for i in range(a.shape[1])})
-    return frame.select(pl.all().rank("dense") - 1).to_numpy().astype(np.int64)
+    return codes_and_ranks(a)[0]
+
+
+def by_rows(kernel, *arrays: np.ndarray) -> list:
+    """`kernel` over chunks of rows, a chunk per core, in order: each (k, ...) array in `arrays` is cut
+    into chunks of rows; one-dimensional arrays go whole to every chunk."""
+    k = arrays[0].shape[0]
+    size = max(1, -(-k // _workers()))
+
+    def chunk(i: int):
+        return kernel(*(a[i : i + size] if a.ndim > 1 else a for a in arrays))
+
+    with ThreadPoolExecutor(max_workers=_workers()) as pool:
+        return list(pool.map(chunk, range(0, max(1, k), size)))
 
 
 def average_ranks(codes: np.ndarray) -> np.ndarray:
@@ -184,7 +214,7 @@ def average_ranks(codes: np.ndarray) -> np.ndarray:
 
 def rank_columns(a: np.ndarray) -> np.ndarray:
     """Average ranks of each column of a (n, k) matrix."""
-    return average_ranks(dense_codes(a))
+    return codes_and_ranks(a)[1]
 
 
 def concordance(time: np.ndarray, event: np.ndarray, scores: np.ndarray) -> np.ndarray:
@@ -215,11 +245,7 @@ def concordance_of_codes(time: np.ndarray, event: np.ndarray, codes: np.ndarray)
     if pairs == 0:
         return np.full(codes.shape[1], np.nan)
     ordered = np.ascontiguousarray(np.asarray(codes, np.int64)[order].T)
-    level_sorted, event_sorted = level[order], event[order]
-    size = max(1, -(-ordered.shape[0] // _workers()))
-    with ThreadPoolExecutor(max_workers=_workers()) as pool:
-        parts = list(pool.map(lambda i: kernels.concordant_counts(level_sorted, event_sorted, ordered[i : i + size]),
-                              range(0, ordered.shape[0], size)))
+    parts = by_rows(kernels.concordant_counts, ordered, level[order], event[order])
     greater = np.concatenate([g for g, _ in parts]).astype(float)
     ties = np.concatenate([t for _, t in parts]).astype(float)
     return (greater + 0.5 * ties) / pairs
@@ -428,9 +454,9 @@ def schoenfeld_test(time: np.ndarray, event: np.ndarray, x: np.ndarray) -> PHTes
     time, event, x = np.asarray(time, float), np.asarray(event, bool), np.asarray(x, float)
     fit = cox_fit(time, event, x[None, :, None])
     beta, var = float(fit.beta[0, 0]), float(fit.variance[0, 0, 0])
-    srt = _Sorted.of(time, event)
+    blocks = _Blocks.of(time, event)
     risk_mean = np.empty(len(x))
-    risk_mean[srt.order] = kernels.efron_means(x[srt.order], beta, srt.time, srt.event)
+    risk_mean[blocks.order] = kernels.efron_means(x[blocks.order], beta, blocks.starts, blocks.deaths)
     deaths = np.flatnonzero(event)
     deaths = deaths[np.argsort(time[deaths], kind="stable")]  # by event time, ties in file order
     resid = x[deaths] - risk_mean[deaths]
@@ -449,10 +475,15 @@ def spearman_with(ranked: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 
 def _pearson_columns(a: np.ndarray, y: np.ndarray) -> np.ndarray:
-    a = a - a.mean(0)
+    """Pearson correlation of each column of a (n, k) with y, without centred copies of a: with y
+    centred, sum (a - mean a)(y) = a'y, and sum (a - mean a)^2 = sum a^2 - n mean(a)^2."""
     y = y - y.mean()
+    mean = a.mean(0)
+    squares = np.einsum("ij,ij->j", a, a)
+    spread = squares - len(a) * mean**2
+    constant = spread <= 1e-12 * squares  # what is left there is rounding: no variation, no correlation
     with np.errstate(divide="ignore", invalid="ignore"):
-        return (a * y[:, None]).sum(0) / np.sqrt((a**2).sum(0) * (y**2).sum())
+        return np.where(constant, np.nan, (y @ a) / np.sqrt(np.where(constant, 1.0, spread) * (y @ y)))
 
 
 def spearman_matrix(ranked: np.ndarray) -> np.ndarray:

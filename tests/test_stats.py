@@ -174,6 +174,41 @@ def test_spearman_and_bh_match_scipy():
     assert np.isnan(q[4])
 
 
+def test_ranks_codes_and_constant_columns_match_scipy():
+    rng = np.random.default_rng(4)
+    a = np.column_stack([rng.normal(size=300), rng.integers(0, 4, 300), np.full(300, 2.5),
+                         np.where(rng.random(300) < 0.1, np.nan, rng.integers(0, 3, 300))]).astype(float)
+    codes, ranks = stats.codes_and_ranks(a)
+    for j in range(a.shape[1]):  # NaNs share the last code
+        np.testing.assert_array_equal(codes[:, j], np.unique(a[:, j], return_inverse=True, equal_nan=True)[1])
+    np.testing.assert_allclose(ranks[:, :3], sps.rankdata(a[:, :3], axis=0), atol=1e-12)
+    y = a[:, 0] + rng.normal(size=300)
+    got = stats.spearman_with(ranks, y)
+    for j in (0, 1):
+        assert got[j] == pytest.approx(sps.spearmanr(a[:, j], y).statistic, abs=1e-12)
+    assert np.isnan(got[2])  # a constant column has no correlation (scipy: nan too)
+
+
+def test_standardise_and_explained_share_match_direct_formulas():
+    from nsm_cli.evidence import explained_share, standardise
+
+    rng = np.random.default_rng(5)
+    n = 2000
+    m = np.column_stack([rng.exponential(5, n), -rng.exponential(2, n), np.zeros(n)])
+    x = np.sign(m) * np.log1p(np.abs(m))
+    sd = x.std(axis=0, ddof=1)
+    np.testing.assert_allclose(standardise(m), (x - x.mean(0)) / np.where(sd > 0, sd, 1.0), atol=1e-12)
+    z = np.column_stack([rng.integers(0, 2, n), rng.normal(size=n)]).astype(float)
+    z = np.column_stack([z, 2 * z[:, 0]])  # a collinear segment column changes nothing
+    y = np.column_stack([3 * z[:, 0] + rng.normal(size=n), rng.normal(size=n), np.ones(n)])
+    design = np.column_stack([np.ones(n), z])
+    resid = y - design @ np.linalg.lstsq(design, y, rcond=None)[0]
+    total = ((y - y.mean(0)) ** 2).sum(0)
+    want = np.where(total > 0, 1 - (resid**2).sum(0) / np.where(total > 0, total, 1), 0.0)
+    np.testing.assert_allclose(explained_share(y, z), want, atol=1e-10)
+    assert want[0] > 0.5 and explained_share(y, z)[2] == 0.0
+
+
 def test_retained_at_by_hand():
     # times 1..4, churn at 2 and 4, censored at 1 and 3. KM: S(2) = 1 - 1/3 = 2/3, S(4) = 0.
     t = np.array([1.0, 2.0, 3.0, 4.0])
