@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
+from nsm_cli import kernels
 from nsm_cli.config import CandidateSpec, Settings
 from nsm_cli.errors import DataWarning, UsageError
 from nsm_cli.load import LINE
@@ -131,16 +132,6 @@ class WindowedEvents:
         return in_window(joined.drop("__row").rename({"__c": "__row"})).collect()
 
 
-def _distinct(key: np.ndarray) -> np.ndarray:
-    return pl.Series(key).unique().to_numpy()
-
-
-def _split(key: np.ndarray, base: int) -> tuple[np.ndarray, np.ndarray]:
-    """key = high x base + low -> (high, low); cheaper than np.divmod."""
-    high = key // base
-    return high, key - high * base
-
-
 def _event_tables(usage: Usage, events: pl.DataFrame, n_accounts: int, sources: list[str],
                   window_days: float) -> dict[str, np.ndarray]:
     """Every aggregation as one (accounts, 1 + sources) array: column 0 over all events together, then
@@ -148,8 +139,9 @@ def _event_tables(usage: Usage, events: pl.DataFrame, n_accounts: int, sources: 
     has no such event.
 
     Counted by integer keys, never by grouping text: cell = account row x sources + source index;
-    `bincount` sums per cell or account; distinct days, weeks and users are distinct integer keys
-    (cell x days + day, ...) from polars' hash `unique`, the coarser ones derived from the finer."""
+    `bincount` sums per cell or account; distinct days and weeks are bits set per cell
+    (`kernels.active_periods`); distinct users are distinct (cell, user) pairs from polars' hash
+    `unique`."""
     n_src = max(len(sources), 1)
     n_cells = n_accounts * n_src
     offset = events["__offset"].to_numpy()
@@ -172,12 +164,9 @@ def _event_tables(usage: Usage, events: pl.DataFrame, n_accounts: int, sources: 
         return np.column_stack([per_account, per_cell.reshape(n_accounts, n_src)[:, :len(sources)]])
 
     tables = {"count": both(per(row, n_accounts), per(cell, n_cells))}
-    cell_of, day_of = _split(_distinct(cell * n_days + day), n_days)
-    account_of, account_day_of = _split(_distinct(cell_of // n_src * n_days + day_of), n_days)
-    tables["active_days"] = both(per(account_of, n_accounts), per(cell_of, n_cells))
-    n_weeks = n_days // 7 + 1
-    tables["active_weeks"] = both(per(_distinct(account_of * n_weeks + account_day_of // 7) // n_weeks, n_accounts),
-                                  per(_distinct(cell_of * n_weeks + day_of // 7) // n_weeks, n_cells))
+    cell_days, account_days, cell_weeks, account_weeks = kernels.active_periods(cell, day, n_accounts, n_src, n_days)
+    tables["active_days"] = both(account_days.astype(float), cell_days.astype(float))
+    tables["active_weeks"] = both(account_weeks.astype(float), cell_weeks.astype(float))
     first = np.full(n_cells, window_days + 1.0)
     np.minimum.at(first, cell, offset)
     tables["days_to_first"] = both(first.reshape(n_accounts, n_src).min(axis=1), first)

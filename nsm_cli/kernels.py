@@ -259,3 +259,54 @@ def standardise(values):
         for i in range(n):
             out[c, i] = (out[c, i] - mean) * scale
     return out
+
+
+_M1, _M2, _M4, _H01 = (np.uint64(0x5555555555555555), np.uint64(0x3333333333333333), np.uint64(0x0F0F0F0F0F0F0F0F),
+                       np.uint64(0x0101010101010101))
+
+
+@_jit
+def _popcount(v):
+    """Set bits of a uint64 (SWAR)."""
+    v = v - ((v >> np.uint64(1)) & _M1)
+    v = (v & _M2) + ((v >> np.uint64(2)) & _M2)
+    v = (v + (v >> np.uint64(4))) & _M4
+    return int((v * _H01) >> np.uint64(56))
+
+
+@_jit
+def _set_bit(bits, row, position):
+    bits[row, position >> 6] |= np.uint64(1) << np.uint64(position & 63)
+
+
+@_jit
+def _count_bits(bits, n_accounts, n_src):
+    """Set bits per row of `bits` (cells, words), and per account in the union of its n_src cells."""
+    per_cell = np.zeros(n_accounts * n_src, np.int64)
+    per_account = np.zeros(n_accounts, np.int64)
+    for a in range(n_accounts):
+        for word in range(bits.shape[1]):
+            union = np.uint64(0)
+            for s in range(n_src):
+                v = bits[a * n_src + s, word]
+                per_cell[a * n_src + s] += _popcount(v)
+                union |= v
+            per_account[a] += _popcount(union)
+    return per_cell, per_account
+
+
+@_jit
+def active_periods(cell, day, n_accounts, n_src, n_days):
+    """Distinct days and distinct weeks (day // 7) with an event, per cell (cell = account x n_src +
+    source) and per account, from one pass that sets a bit per (cell, day) and per (cell, week).
+    Returns days per cell, days per account, weeks per cell, weeks per account."""
+    n_weeks = n_days // 7 + 1
+    days = np.zeros((n_accounts * n_src, (n_days + 63) // 64), np.uint64)
+    weeks = np.zeros((n_accounts * n_src, (n_weeks + 63) // 64), np.uint64)
+    for i in range(len(cell)):
+        _set_bit(days, cell[i], day[i])
+        _set_bit(weeks, cell[i], day[i] // 7)
+    cell_days, account_days = _count_bits(days, n_accounts, n_src)
+    cell_weeks, account_weeks = _count_bits(weeks, n_accounts, n_src)
+    return cell_days, account_days, cell_weeks, account_weeks
+

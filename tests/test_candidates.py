@@ -18,12 +18,12 @@ from nsm_cli.validate import Usage
 D = datetime
 
 
-def _cohort(ids):
+def _cohort(ids, days: int = 30):
     n = len(ids)
     return pl.DataFrame({
         "account_id": ids,
         "window_start": [D(2025, 1, 1)] * n,
-        "landmark": [D(2025, 1, 31)] * n,
+        "landmark": [D(2025, 1, 1) + timedelta(days=days)] * n,
     })
 
 
@@ -127,9 +127,9 @@ def test_an_event_called_any_does_not_clash_with_all_events(monkeypatch):
 
 
 @st.composite
-def _event_logs(draw):
+def _event_logs(draw, days: int = 30):
     n = draw(st.integers(1, 60))
-    rows = st.tuples(st.sampled_from(["a", "b", "c", "d"]), st.integers(-3 * 24, 34 * 24),
+    rows = st.tuples(st.sampled_from(["a", "b", "c", "d"]), st.integers(-3 * 24, (days + 4) * 24),
                      st.sampled_from(["login", "share", "export"]), st.sampled_from(["u1", "u2", "u3", None]),
                      st.one_of(st.none(), st.floats(-5, 50, allow_nan=False)))
     data = draw(st.lists(rows, min_size=n, max_size=n))
@@ -159,20 +159,22 @@ def _reference(events: pl.DataFrame, cohort: pl.DataFrame, window: float) -> dic
 
 
 @settings(max_examples=60, deadline=None)
-@given(_event_logs())
-def test_event_aggregations_match_a_plain_group_by(events):
-    cohort = _cohort(["a", "b", "c", "e"])
-    s = Settings(accounts="x", window_days=30)
+@given(st.sampled_from([30, 150]).flatmap(lambda days: st.tuples(st.just(days), _event_logs(days))))
+def test_event_aggregations_match_a_plain_group_by(case):
+    """30 days, and 150 (days and weeks then take several 64-bit words per cell)."""
+    days, events = case
+    cohort = _cohort(["a", "b", "c", "e"], days)
+    s = Settings(accounts="x", window_days=days)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr("nsm_cli.candidates.MIN_ACCOUNTS_WITH", 0)
         mp.setattr("nsm_cli.candidates.MIN_SHARE_WITH", 0)
         metrics = build_event_candidates(_usage(events, has_user=True, has_value=True), cohort, s).metrics
-    expected = _reference(events, cohort, 30.0)
+    expected = _reference(events, cohort, float(days))
     for r in metrics.iter_rows(named=True):
         for name, value in r.items():
             if name == "account_id":
                 continue
-            fill = 31.0 if name.endswith("days_to_first") else 0.0
+            fill = days + 1.0 if name.endswith("days_to_first") else 0.0
             want = expected.get(r["account_id"], {}).get(name, fill)
             assert value == pytest.approx(want, rel=1e-12, abs=1e-12), (r["account_id"], name)
 
