@@ -310,3 +310,21 @@ def active_periods(cell, day, n_accounts, n_src, n_days):
     cell_weeks, account_weeks = _count_bits(weeks, n_accounts, n_src)
     return cell_days, account_days, cell_weeks, account_weeks
 
+
+
+@_jit
+def cut_counts(time_index, event, level, rows, n_times, q):
+    """Among the accounts in `rows`, per distinct time (`time_index` of each account): accounts leaving
+    and events in total, and among those whose `level` (cuts reached, 0..q) exceeds j, per cut j.
+    Returns leaving (T,), events (T,), leaving_above (T, q), events_above (T, q)."""
+    leaving = np.zeros((n_times, q + 1))
+    events = np.zeros((n_times, q + 1))
+    for i in range(len(level)):
+        if rows[i]:
+            leaving[time_index[i], level[i]] += 1.0
+            if event[i]:
+                events[time_index[i], level[i]] += 1.0
+    for j in range(q - 1, -1, -1):  # level > j: the accounts at level j + 1 and above
+        leaving[:, j] += leaving[:, j + 1]
+        events[:, j] += events[:, j + 1]
+    return leaving[:, 0].copy(), events[:, 0].copy(), leaving[:, 1:].copy(), events[:, 1:].copy()

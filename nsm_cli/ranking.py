@@ -79,8 +79,10 @@ class Split:
 def threshold_grid(values: np.ndarray, quantiles: np.ndarray) -> np.ndarray:
     """Candidate cuts t (from the quantiles of `values`) that leave >= 10% of accounts on each side of
     'metric >= t'."""
-    grid = np.unique(np.quantile(values, quantiles, method="higher"))
-    share = (values[:, None] >= grid[None, :]).mean(axis=0)
+    ordered = np.sort(values)
+    at = np.quantile(np.arange(len(values)), quantiles, method="higher").astype(np.int64)  # numpy's own positions
+    grid = np.unique(ordered[at])
+    share = (len(values) - np.searchsorted(ordered, grid, side="left")) / len(values)
     return grid[(share >= MIN_SIDE_SHARE) & (share <= 1 - MIN_SIDE_SHARE)]
 
 

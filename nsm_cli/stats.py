@@ -361,7 +361,7 @@ def cut_levels(values: np.ndarray, cuts: np.ndarray) -> np.ndarray:
 @dataclass(frozen=True, slots=True)
 class CutCounts:
     """Accounts leaving and events per distinct time of `index`, among the accounts in `rows`: in
-    total and among those with value >= each cut. One `bincount` over the accounts; the log-rank
+    total and among those with value >= each cut. One pass over the accounts; the log-rank
     test and KM survival of every 'value >= cut' split then come from (times x cuts) tables, so a
     threshold scan costs O(n + times x cuts), not O(n x cuts)."""
 
@@ -379,12 +379,8 @@ class CutCounts:
     @classmethod
     def of_levels(cls, index: TimeIndex, level: np.ndarray, q: int, rows: np.ndarray | None = None) -> CutCounts:
         """From `cut_levels`: each account's number of cuts reached (0..q)."""
-        if rows is not None:
-            level = np.where(rows, level, q + 1)  # a column for the accounts left out, dropped below
-        leaving, events = index.counts(level, q + 2)
-        above_l = _revcumsum(leaving[:, : q + 1])
-        above_e = _revcumsum(events[:, : q + 1])
-        return cls(index, above_l[:, 0], above_e[:, 0], above_l[:, 1:], above_e[:, 1:])
+        rows = np.ones(len(level), bool) if rows is None else rows
+        return cls(index, *kernels.cut_counts(index.inverse, index.event, level, rows, len(index.times), q))
 
     def logrank(self) -> tuple[np.ndarray, np.ndarray]:
         """Signed z (> 0: the 'above' group has more events than expected) and p, per cut."""

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from nsm_cli.config import Weights
 from nsm_cli.evidence import OutcomeData, gather_evidence
 from nsm_cli.ranking import (
+    RANK_QUANTILES,
     CandidateFacts,
     Split,
     candidate_flags,
@@ -15,6 +18,7 @@ from nsm_cli.ranking import (
     holdout_split,
     reach_label,
     score_candidate,
+    threshold_grid,
 )
 from nsm_cli.results import OutcomeStats
 
@@ -84,6 +88,16 @@ def test_holdout_split_is_deterministic_balanced_and_seeded():
     assert (a != holdout_split(ids, 1)).any()
     shuffled = np.random.default_rng(0).permutation(len(ids))
     assert (holdout_split(ids[shuffled], 0) == a[shuffled]).all()
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(0, 12), min_size=1, max_size=300), st.sampled_from([RANK_QUANTILES, np.linspace(0.05, 0.95, 19)]))
+def test_threshold_grid_is_numpys_quantiles_with_both_sides_large_enough(values, quantiles):
+    """Sizes such as 21 or 41 put (n - 1) q on integers, where a rounding slip would pick the next value."""
+    v = np.array(values, float)
+    grid = np.unique(np.quantile(v, quantiles, method="higher"))
+    share = np.array([(v >= g).mean() for g in grid])
+    np.testing.assert_array_equal(threshold_grid(v, quantiles), grid[(share >= 0.1) & (share <= 0.9)])
 
 
 def test_threshold_found_on_train_and_confirmed_on_holdout():
