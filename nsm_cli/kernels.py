@@ -1,9 +1,11 @@
-"""Compiled loops (numba) for the statistics whose numpy forms cost more than their arithmetic.
+"""Compiled loops (numba) for the steps whose numpy forms cost more than their arithmetic.
 
-Each kernel is one pass over accounts that `stats` has sorted once; `stats` prepares the arrays,
-runs the kernels on a thread per core (they release the GIL) and is what the rest of nsm calls.
-Compiled code is cached next to this file (or in the user's cache directory when that is
-read-only), so only the first run after installing pays for compilation.
+Each kernel is one pass over arrays its caller has laid out (sorted, coded, as integer keys): the
+Cox partial likelihood and Harrell's C for `stats`, ranks and standardised values for `evidence`,
+the per-time counts of threshold scans, and distinct active days and weeks for `candidates`. The
+callers prepare the arrays and are what the rest of nsm calls; the kernels release the GIL, so
+`stats` runs them on a thread per core. Compiled code is cached on disk, so only the first run
+after installing pays for compilation.
 """
 
 from __future__ import annotations
@@ -13,7 +15,14 @@ import math
 import numba
 import numpy as np
 
-_jit = numba.njit(cache=True, nogil=True)
+
+def _jit(fn):
+    """Compiled, releasing the GIL; cached on disk where numba finds a writable place (next to this
+    file, else the user's cache directory), else compiled afresh in each run."""
+    try:
+        return numba.njit(cache=True, nogil=True)(fn)
+    except RuntimeError:  # numba: "cannot cache function ...: no locator available for file ..."
+        return numba.njit(nogil=True)(fn)
 
 
 @_jit
@@ -328,3 +337,13 @@ def cut_counts(time_index, event, level, rows, n_times, q):
         leaving[:, j] += leaving[:, j + 1]
         events[:, j] += events[:, j + 1]
     return leaving[:, 0].copy(), events[:, 0].copy(), leaving[:, 1:].copy(), events[:, 1:].copy()
+
+
+@_jit
+def normal_sf(z):
+    """P(Z > z) for a standard normal Z, elementwise over a 1-D array: erfc(z / sqrt 2) / 2, accurate
+    in the far tail (p-values down to ~1e-300)."""
+    out = np.empty(len(z))
+    for i in range(len(z)):
+        out[i] = 0.5 * math.erfc(z[i] / math.sqrt(2.0))
+    return out

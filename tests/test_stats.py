@@ -296,3 +296,37 @@ def test_covariate_without_information_in_any_risk_set_has_no_evidence():
     assert fit.beta[0, 0] == 0 and np.isinf(fit.se[0, 0]) and fit.p_value[0, 0] == 1.0
     ref = _lifelines_cox(t, e, x[:, None])
     assert fit.beta[1, 0] == pytest.approx(ref.params_.iloc[0], abs=TOL)
+
+
+def test_kernels_compile_where_no_cache_can_be_written(monkeypatch):
+    """numba refuses `cache=True` (RuntimeError) when it finds no writable place for the cache; the
+    kernels then compile in memory instead of failing to import."""
+    import importlib.util
+
+    import numba
+
+    import nsm_cli.kernels
+
+    real = numba.njit
+
+    def refusing(*args, cache=False, **kwargs):
+        if cache:
+            raise RuntimeError("cannot cache function 'f': no locator available for file 'kernels.py'")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(numba, "njit", refusing)
+    spec = importlib.util.spec_from_file_location("kernels_uncached", nsm_cli.kernels.__file__)
+    uncached = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(uncached)
+    values = np.array([[0.0, 3.0, -2.0, 3.0]])
+    np.testing.assert_allclose(uncached.standardise(values), nsm_cli.kernels.standardise(values), atol=1e-15)
+
+
+def test_normal_tail_and_quantile_match_scipy():
+    from scipy import special
+
+    z = np.concatenate([np.linspace(-8, 8, 1601), [20.0, 30.0, 37.5]])
+    # rtol 1e-12: at z = 30 (p ~ 5e-198) rounding z / sqrt(2) alone moves erfc by ~2 x^2 eps ~ 1e-13
+    np.testing.assert_allclose(stats.normal_sf(z), special.ndtr(-z), rtol=1e-12, atol=0)
+    assert stats.normal_sf(np.array([[1.0, 2.0]])).shape == (1, 2)
+    assert stats.Z_95 == pytest.approx(special.ndtri(0.975), rel=1e-15)
