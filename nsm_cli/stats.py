@@ -1,7 +1,9 @@
 """Statistics over numpy arrays: the numpy/polars boundary of nsm.
 
-All estimators are vectorised over candidates (no Python loop over accounts) and checked in
-tests against lifelines and scipy on the same arrays. Conventions:
+All estimators take every candidate at once, with no Python loop over accounts: numpy, or for the
+Cox fits, Harrell's C and the threshold counts a compiled kernel (`kernels`) over arrays sorted
+here once. Every estimator is checked in tests against lifelines and scipy on the same arrays.
+Conventions:
 
 - times are floats (days), events booleans (True = the outcome happened, False = censored);
 - `concordance` follows lifelines: C > 0.5 means a higher score goes with a *longer* time;
@@ -364,7 +366,7 @@ def _km_product(leaving: np.ndarray, dying: np.ndarray, n_t: int) -> np.ndarray:
 
 def cut_levels(values: np.ndarray, cuts: np.ndarray) -> np.ndarray:
     """How many of the ascending `cuts` each value reaches: value >= cuts[j] exactly when level > j."""
-    return np.searchsorted(cuts, values, side="right")
+    return kernels.cut_levels(np.asarray(values, float), np.asarray(cuts, float))
 
 
 @dataclass(frozen=True, slots=True)
@@ -492,9 +494,14 @@ def _pearson_columns(a: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 
 def spearman_matrix(ranked: np.ndarray) -> np.ndarray:
-    """Spearman correlations between all columns of a ranked (n, k) matrix."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.corrcoef(ranked, rowvar=False)
+    """Spearman correlations between all columns of a ranked (n, k) matrix (one matrix product, no
+    centred copy: sum (a - mean a)(b - mean b) = a'b - n mean(a) mean(b); NaN for a constant column)."""
+    mean = ranked.mean(axis=0)
+    cov = ranked.T @ ranked - len(ranked) * np.outer(mean, mean)
+    spread = np.diagonal(cov).copy()
+    constant = spread <= 1e-12 * np.einsum("ij,ij->j", ranked, ranked)
+    scale = np.where(constant, np.nan, 1 / np.sqrt(np.where(constant, 1.0, spread)))
+    return np.clip(cov * np.outer(scale, scale), -1.0, 1.0)
 
 
 def bh_qvalues(p: np.ndarray) -> np.ndarray:

@@ -330,3 +330,20 @@ def test_normal_tail_and_quantile_match_scipy():
     np.testing.assert_allclose(stats.normal_sf(z), special.ndtr(-z), rtol=1e-12, atol=0)
     assert stats.normal_sf(np.array([[1.0, 2.0]])).shape == (1, 2)
     assert stats.Z_95 == pytest.approx(special.ndtri(0.975), rel=1e-15)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.floats(-5, 5) | st.just(float("nan")), max_size=50), st.lists(st.floats(-5, 5), max_size=17))
+def test_cut_levels_equal_numpys_searchsorted(values, cuts):
+    v, c = np.array(values, float), np.sort(np.array(cuts, float))
+    np.testing.assert_array_equal(stats.cut_levels(v, c), np.searchsorted(c, v, side="right"))
+
+
+def test_spearman_matrix_matches_scipy():
+    rng = np.random.default_rng(6)
+    a = np.column_stack([rng.integers(0, 5, 400), rng.normal(size=400), np.full(400, 1.0)]).astype(float)
+    a[:, 1] += a[:, 0]
+    got = stats.spearman_matrix(stats.rank_columns(a))
+    ref = sps.spearmanr(a[:, :2]).statistic
+    np.testing.assert_allclose(got[:2, :2], [[1.0, ref], [ref, 1.0]], atol=1e-12)
+    assert np.isnan(got[2]).all() and np.isnan(got[:, 2]).all()  # a constant column correlates with nothing
