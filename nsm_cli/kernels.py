@@ -26,35 +26,40 @@ def _jit(fn):
 
 
 @_jit
-def _add_weighted(x, w, lo, hi, s1, s2):
-    """Sums over accounts lo..hi-1: returns that of w; adds those of w x to s1 and of w x x' to s2
-    (lower triangle)."""
-    s0 = 0.0
+def _add_weighted(x, w, lo, hi, s):
+    """Adds to s (1 + p + p(p+1)/2: the sums of w, w x_a and w x_a x_c for c <= a) the terms of
+    accounts lo..hi-1."""
+    p = x.shape[1]
     for j in range(lo, hi):
-        s0 += w[j]
-        for a in range(x.shape[1]):
+        s[0] += w[j]
+        at = 1 + p
+        for a in range(p):
             wx = w[j] * x[j, a]
-            s1[a] += wx
+            s[1 + a] += wx
             for c in range(a + 1):
-                s2[a, c] += wx * x[j, c]
-    return s0
+                s[at] += wx * x[j, c]
+                at += 1
 
 
 @_jit
-def _efron_ties(d, r0, r1, r2, d0, d1, d2, grad, hess, mean):
+def _efron_ties(d, r, dead, grad, hess, mean):
     """One block's d deaths: subtracts their Efron terms from grad (p,) and hess (p, p) (lower
-    triangle), given the risk-set sums (r) and the deaths' sums (d); returns the sum of log phi."""
+    triangle), given the risk set's sums r and the deaths' sums `dead` (laid out as in
+    `_add_weighted`); returns the sum of log phi."""
+    p = len(mean)
     total = 0.0
     for lth in range(d):
         f = lth / d
-        phi = r0 - f * d0
+        phi = r[0] - f * dead[0]
         total += math.log(phi)
-        for a in range(len(mean)):
-            mean[a] = (r1[a] - f * d1[a]) / phi
+        for a in range(p):
+            mean[a] = (r[1 + a] - f * dead[1 + a]) / phi
             grad[a] -= mean[a]
-        for a in range(len(mean)):
+        at = 1 + p
+        for a in range(p):
             for c in range(a + 1):
-                hess[a, c] -= (r2[a, c] - f * d2[a, c]) / phi - mean[a] * mean[c]
+                hess[a, c] -= (r[at] - f * dead[at]) / phi - mean[a] * mean[c]
+                at += 1
     return total
 
 
@@ -74,35 +79,32 @@ def efron_terms(X, models, beta, starts, deaths, fresh):
     _, n, p = X.shape
     k = len(models)
     ll, grad, hess = np.zeros(k), np.zeros((k, p)), np.zeros((k, p, p))
-    eta, w = np.empty(n), np.empty(n)
-    r1, d1, mean = np.empty(p), np.empty(p), np.empty(p)
-    r2, d2 = np.empty((p, p)), np.empty((p, p))
+    eta, w, mean = np.empty(n), np.empty(n), np.empty(p)
+    risk, dead = np.empty(1 + p + p * (p + 1) // 2), np.empty(1 + p + p * (p + 1) // 2)
     for m in range(k):
         x = X[models[m]]
+        shift = -np.inf  # weights exp(eta - max eta): no overflow; the shift cancels in the ratios
         for i in range(n):
             eta[i] = 0.0
             for a in range(p):
                 eta[i] += x[i, a] * beta[m, a]
-        shift = eta.max()  # weights exp(eta - max eta): no overflow; the shift cancels in the ratios
+            shift = max(shift, eta[i])
         for i in range(n):
             w[i] = math.exp(eta[i] - shift)
-        r0 = 0.0
         for blk in range(len(deaths)):
-            if fresh[blk]:
-                r0 = 0.0
-                r1[:] = 0.0
-                r2[:, :] = 0.0
-            lo, dead, hi = starts[blk], starts[blk] + deaths[blk], starts[blk + 1]
-            d1[:] = 0.0
-            d2[:, :] = 0.0
-            d0 = _add_weighted(x, w, lo, dead, d1, d2)
-            r0 += d0 + _add_weighted(x, w, dead, hi, r1, r2)
-            r1 += d1
-            r2 += d2
-            for j in range(lo, dead):
+            lo, hi, d = starts[blk], starts[blk + 1], deaths[blk]
+            for f in range(len(risk)):
+                risk[f] = 0.0 if fresh[blk] else risk[f]
+                dead[f] = 0.0
+            _add_weighted(x, w, lo, lo + d, dead)
+            _add_weighted(x, w, lo + d, hi, risk)
+            for f in range(len(risk)):
+                risk[f] += dead[f]
+            for j in range(lo, lo + d):
                 ll[m] += eta[j] - shift
-                grad[m] += x[j]
-            ll[m] -= _efron_ties(deaths[blk], r0, r1, r2, d0, d1, d2, grad[m], hess[m], mean)
+                for a in range(p):
+                    grad[m, a] += x[j, a]
+            ll[m] -= _efron_ties(d, risk, dead, grad[m], hess[m], mean)
         for a in range(p):
             for c in range(a):
                 hess[m, c, a] = hess[m, a, c]
@@ -118,7 +120,9 @@ def efron_terms_1(X, models, beta, starts, deaths, fresh):
     w = np.empty(n)
     for m in range(k):
         x, b = X[models[m]], beta[m, 0]
-        shift = max(x.max() * b, x.min() * b)
+        shift = -np.inf
+        for i in range(n):
+            shift = max(shift, x[i] * b)
         for i in range(n):
             w[i] = math.exp(x[i] * b - shift)
         r0 = r1 = r2 = 0.0
@@ -155,8 +159,11 @@ def efron_means(x, beta, starts, deaths):
     """For a univariate Cox model (one stratum, blocks as in `efron_terms`) at `beta`: per death, the
     risk set's weighted mean of x, averaged over Efron's l = 0..d-1 within its block; NaN for the
     censored."""
-    out = np.full(len(x), np.nan)
-    shift = max(x.max() * beta, x.min() * beta)
+    out = np.empty(len(x))
+    shift = -np.inf
+    for i in range(len(x)):
+        out[i] = np.nan
+        shift = max(shift, x[i] * beta)
     r0 = r1 = 0.0
     for blk in range(len(deaths)):
         lo, dead, hi, d = starts[blk], starts[blk] + deaths[blk], starts[blk + 1], deaths[blk]
@@ -172,7 +179,8 @@ def efron_means(x, beta, starts, deaths):
         for lth in range(d):
             f = lth / d
             total += (r1 - f * d1) / (r0 - f * d0)
-        out[lo:dead] = total / max(d, 1)
+        for j in range(lo, dead):
+            out[j] = total / d
     return out
 
 
@@ -333,10 +341,13 @@ def cut_counts(time_index, event, level, rows, n_times, q):
             leaving[time_index[i], level[i]] += 1.0
             if event[i]:
                 events[time_index[i], level[i]] += 1.0
-    for j in range(q - 1, -1, -1):  # level > j: the accounts at level j + 1 and above
-        leaving[:, j] += leaving[:, j + 1]
-        events[:, j] += events[:, j + 1]
-    return leaving[:, 0].copy(), events[:, 0].copy(), leaving[:, 1:].copy(), events[:, 1:].copy()
+    total_leaving, total_events = np.empty(n_times), np.empty(n_times)
+    for t in range(n_times):
+        for j in range(q - 1, -1, -1):  # level > j: the accounts at level j + 1 and above
+            leaving[t, j] += leaving[t, j + 1]
+            events[t, j] += events[t, j + 1]
+        total_leaving[t], total_events[t] = leaving[t, 0], events[t, 0]
+    return total_leaving, total_events, leaving[:, 1:], events[:, 1:]
 
 
 @_jit
