@@ -172,14 +172,10 @@ def _workers() -> int:
 
 def cox_fit_chunked(time: np.ndarray, event: np.ndarray, X: np.ndarray, *, penalizer: float = 0.0,
                     strata: np.ndarray | None = None, start: np.ndarray | None = None) -> CoxFit:
-    """`cox_fit` over chunks of models, run on a thread per core (the kernels release the GIL).
-    Chunks are independent, so results do not depend on the number of threads."""
-    k = X.shape[0]
-    size = max(1, -(-k // _workers()))
-    starts = range(0, k, size)
-    with ThreadPoolExecutor(max_workers=_workers()) as pool:
-        fits = list(pool.map(lambda i: cox_fit(time, event, X[i : i + size], penalizer=penalizer, strata=strata,
-                                               start=None if start is None else start[i : i + size]), starts))
+    """`cox_fit` over chunks of models, a chunk per core (the kernels release the GIL). Chunks are
+    independent, so results do not depend on the number of threads."""
+    start = np.zeros((X.shape[0], X.shape[2])) if start is None else start  # cox_fit's own default
+    fits = by_rows(lambda x, s: cox_fit(time, event, x, penalizer=penalizer, strata=strata, start=s), X, start)
     return CoxFit(
         np.concatenate([f.beta for f in fits]), np.concatenate([f.variance for f in fits]),
         np.concatenate([f.log_likelihood for f in fits]), np.concatenate([f.converged for f in fits]),
@@ -481,27 +477,28 @@ def spearman_with(ranked: np.ndarray, y: np.ndarray) -> np.ndarray:
     return _pearson_columns(ranked, ry)
 
 
-def _pearson_columns(a: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Pearson correlation of each column of a (n, k) with y, without centred copies of a: with y
-    centred, sum (a - mean a)(y) = a'y, and sum (a - mean a)^2 = sum a^2 - n mean(a)^2."""
-    y = y - y.mean()
-    mean = a.mean(0)
+def _inverse_spread(a: np.ndarray) -> np.ndarray:
+    """1 / sqrt(sum (a - mean a)^2) per column of a (n, k), without a centred copy (sum a^2 - n mean(a)^2);
+    NaN for a constant column (what is left of it is rounding: no variation, no correlation)."""
     squares = np.einsum("ij,ij->j", a, a)
-    spread = squares - len(a) * mean**2
-    constant = spread <= 1e-12 * squares  # what is left there is rounding: no variation, no correlation
+    spread = squares - len(a) * a.mean(axis=0) ** 2
+    constant = spread <= 1e-12 * squares
+    return np.where(constant, np.nan, 1 / np.sqrt(np.where(constant, 1.0, spread)))
+
+
+def _pearson_columns(a: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Pearson correlation of each column of a (n, k) with y: with y centred, sum (a - mean a) y = a'y."""
+    y = y - y.mean()
     with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(constant, np.nan, (y @ a) / np.sqrt(np.where(constant, 1.0, spread) * (y @ y)))
+        return (y @ a) * _inverse_spread(a) / np.sqrt(y @ y)
 
 
 def spearman_matrix(ranked: np.ndarray) -> np.ndarray:
-    """Spearman correlations between all columns of a ranked (n, k) matrix (one matrix product, no
-    centred copy: sum (a - mean a)(b - mean b) = a'b - n mean(a) mean(b); NaN for a constant column)."""
+    """Spearman correlations between all columns of a ranked (n, k) matrix, by one matrix product:
+    sum (a - mean a)(b - mean b) = a'b - n mean(a) mean(b). NaN for a constant column."""
     mean = ranked.mean(axis=0)
-    cov = ranked.T @ ranked - len(ranked) * np.outer(mean, mean)
-    spread = np.diagonal(cov).copy()
-    constant = spread <= 1e-12 * np.einsum("ij,ij->j", ranked, ranked)
-    scale = np.where(constant, np.nan, 1 / np.sqrt(np.where(constant, 1.0, spread)))
-    return np.clip(cov * np.outer(scale, scale), -1.0, 1.0)
+    scale = _inverse_spread(ranked)
+    return np.clip((ranked.T @ ranked - len(ranked) * np.outer(mean, mean)) * np.outer(scale, scale), -1.0, 1.0)
 
 
 def bh_qvalues(p: np.ndarray) -> np.ndarray:
