@@ -235,6 +235,18 @@ def test_stratified_cox_matches_lifelines():
         np.testing.assert_allclose(warm.se[0], ref.standard_errors_[["x", "seats"]].values, atol=TOL)
 
 
+def test_stratified_univariate_cox_matches_lifelines():
+    """One covariate takes the scalar kernel; with strata it must reset its risk sets per stratum too."""
+    t, e, x = _data(15, n=400)
+    plan = np.random.default_rng(3).integers(0, 4, len(t))
+    fit = stats.cox_fit(t, e, x[None, :, None], strata=plan)
+    df = pd.DataFrame({"x": x, "plan": plan, "T": t, "E": e})
+    ref = CoxPHFitter(strata=["plan"]).fit(df, "T", "E", fit_options={"precision": 1e-12, "r_precision": 1e-15})
+    assert fit.beta[0, 0] == pytest.approx(ref.params_["x"], abs=TOL)
+    assert fit.se[0, 0] == pytest.approx(ref.standard_errors_["x"], abs=TOL)
+    assert fit.log_likelihood[0] == pytest.approx(ref.log_likelihood_, abs=1e-5)
+
+
 def test_rmst_matches_lifelines():
     from lifelines.utils import restricted_mean_survival_time
 
