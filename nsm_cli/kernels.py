@@ -330,24 +330,17 @@ def active_periods(cell, day, n_accounts, n_src, n_days):
 
 
 @_jit
-def cut_counts(time_index, event, level, rows, n_times, q):
-    """Among the accounts in `rows`, per distinct time (`time_index` of each account): accounts leaving
-    and events in total, and among those whose `level` (cuts reached, 0..q) exceeds j, per cut j.
-    Returns leaving (T,), events (T,), leaving_above (T, q), events_above (T, q)."""
-    leaving = np.zeros((n_times, q + 1))
-    events = np.zeros((n_times, q + 1))
-    for i in range(len(level)):
+def time_group_counts(time_index, event, group, rows, n_times, n_groups):
+    """Among the accounts in `rows`: accounts leaving and events per distinct time (`time_index` of
+    each account) and group code, two (n_times, n_groups) arrays, in one pass."""
+    leaving = np.zeros((n_times, n_groups))
+    events = np.zeros((n_times, n_groups))
+    for i in range(len(group)):
         if rows[i]:
-            leaving[time_index[i], level[i]] += 1.0
+            leaving[time_index[i], group[i]] += 1.0
             if event[i]:
-                events[time_index[i], level[i]] += 1.0
-    total_leaving, total_events = np.empty(n_times), np.empty(n_times)
-    for t in range(n_times):
-        for j in range(q - 1, -1, -1):  # level > j: the accounts at level j + 1 and above
-            leaving[t, j] += leaving[t, j + 1]
-            events[t, j] += events[t, j + 1]
-        total_leaving[t], total_events[t] = leaving[t, 0], events[t, 0]
-    return total_leaving, total_events, leaving[:, 1:], events[:, 1:]
+                events[time_index[i], group[i]] += 1.0
+    return leaving, events
 
 
 @_jit

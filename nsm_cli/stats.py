@@ -331,13 +331,12 @@ class TimeIndex:
         return cls(time, np.asarray(event, bool), times, inverse, order,
                    np.searchsorted(inverse[order], np.arange(len(times))))
 
-    def counts(self, groups: np.ndarray, n_groups: int) -> tuple[np.ndarray, np.ndarray]:
-        """(accounts leaving, events) per distinct time and group code: two (T, n_groups) arrays."""
-        cell = self.inverse * n_groups + groups
-        size = len(self.times) * n_groups
-        removed = np.bincount(cell, minlength=size).reshape(-1, n_groups)
-        deaths = np.bincount(cell, weights=self.event, minlength=size).reshape(-1, n_groups)
-        return removed, deaths
+    def counts(self, groups: np.ndarray, n_groups: int, rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(accounts leaving, events) per distinct time and group code, among `rows` (default: all):
+        two (T, n_groups) arrays."""
+        rows = np.ones(len(groups), bool) if rows is None else rows
+        return kernels.time_group_counts(self.inverse, self.event, np.asarray(groups, np.int64), rows,
+                                         len(self.times), n_groups)
 
 
 def km_at_masks(time: np.ndarray, event: np.ndarray, masks: np.ndarray, horizon: float, *,
@@ -368,9 +367,9 @@ def cut_levels(values: np.ndarray, cuts: np.ndarray) -> np.ndarray:
 @dataclass(frozen=True, slots=True)
 class CutCounts:
     """Accounts leaving and events per distinct time of `index`, among the accounts in `rows`: in
-    total and among those with value >= each cut. One pass over the accounts; the log-rank
-    test and KM survival of every 'value >= cut' split then come from (times x cuts) tables, so a
-    threshold scan costs O(n + times x cuts), not O(n x cuts)."""
+    total and among those with value >= each cut. One pass over the accounts (`TimeIndex.counts`);
+    the log-rank test and KM survival of every 'value >= cut' split then come from (times x cuts)
+    tables, so a threshold scan costs O(n + times x cuts), not O(n x cuts)."""
 
     index: TimeIndex
     leaving: np.ndarray  # (T,)
@@ -386,8 +385,9 @@ class CutCounts:
     @classmethod
     def of_levels(cls, index: TimeIndex, level: np.ndarray, q: int, rows: np.ndarray | None = None) -> CutCounts:
         """From `cut_levels`: each account's number of cuts reached (0..q)."""
-        rows = np.ones(len(level), bool) if rows is None else rows
-        return cls(index, *kernels.cut_counts(index.inverse, index.event, level, rows, len(index.times), q))
+        leaving, events = index.counts(level, q + 1, rows)
+        above_l, above_e = _revcumsum(leaving), _revcumsum(events)  # level >= j, for j = 0 (all) .. q
+        return cls(index, above_l[:, 0], above_e[:, 0], above_l[:, 1:], above_e[:, 1:])
 
     def logrank(self) -> tuple[np.ndarray, np.ndarray]:
         """Signed z (> 0: the 'above' group has more events than expected) and p, per cut."""
