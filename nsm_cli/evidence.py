@@ -215,10 +215,7 @@ def explained_share(x: np.ndarray, z: np.ndarray) -> np.ndarray:
     (Zc' Zc) b = Zc' Xc (least squares, so collinear segment columns are harmless).
     """
     zc = z - z.mean(axis=0)
-    mean = x.mean(axis=0)
     cross = zc.T @ x  # = Zc' Xc, since the columns of Zc sum to zero
     coef = np.linalg.lstsq(zc.T @ zc, cross, rcond=None)[0]
-    total = np.einsum("ij,ij->j", x, x) - len(x) * mean**2
-    explained = (coef * cross).sum(axis=0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(total > 1e-12 * len(x), np.clip(explained / total, 0.0, 1.0), 0.0)
+    share = (coef * cross).sum(axis=0) * stats.inverse_spread(x) ** 2  # explained / total sum of squares
+    return np.where(np.isnan(share), 0.0, np.clip(share, 0.0, 1.0))  # a constant column: nothing to explain

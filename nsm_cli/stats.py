@@ -477,7 +477,7 @@ def spearman_with(ranked: np.ndarray, y: np.ndarray) -> np.ndarray:
     return _pearson_columns(ranked, ry)
 
 
-def _inverse_spread(a: np.ndarray) -> np.ndarray:
+def inverse_spread(a: np.ndarray) -> np.ndarray:
     """1 / sqrt(sum (a - mean a)^2) per column of a (n, k), without a centred copy (sum a^2 - n mean(a)^2);
     NaN for a constant column (what is left of it is rounding: no variation, no correlation)."""
     squares = np.einsum("ij,ij->j", a, a)
@@ -490,14 +490,14 @@ def _pearson_columns(a: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Pearson correlation of each column of a (n, k) with y: with y centred, sum (a - mean a) y = a'y."""
     y = y - y.mean()
     with np.errstate(divide="ignore", invalid="ignore"):
-        return (y @ a) * _inverse_spread(a) / np.sqrt(y @ y)
+        return (y @ a) * inverse_spread(a) / np.sqrt(y @ y)
 
 
 def spearman_matrix(ranked: np.ndarray) -> np.ndarray:
     """Spearman correlations between all columns of a ranked (n, k) matrix, by one matrix product:
     sum (a - mean a)(b - mean b) = a'b - n mean(a) mean(b). NaN for a constant column."""
     mean = ranked.mean(axis=0)
-    scale = _inverse_spread(ranked)
+    scale = inverse_spread(ranked)
     return np.clip((ranked.T @ ranked - len(ranked) * np.outer(mean, mean)) * np.outer(scale, scale), -1.0, 1.0)
 
 
