@@ -74,46 +74,48 @@ class UsageCounts:
     last: datetime | None
 
     @staticmethod
-    def plans(kept: pl.LazyFrame, accounts: pl.DataFrame, as_of: datetime | None) -> tuple[pl.LazyFrame, pl.LazyFrame]:
-        """The rows of known accounts (with `__row`, the account's row in `accounts`, and `signup`), and
-        their counts per account and event type, which `of` reads: one group-by, so that a scan
-        feeding other plans too does not have to hold rows back for a second consumer."""
-        schema = kept.collect_schema()
-        known = kept.join(accounts.select(ID, "signup").with_row_index("__row").lazy(), on=ID, how="inner")
-        aggs = [pl.len().alias("rows")]
-        if "ts" in schema:
-            late = pl.col("ts") > as_of if as_of is not None else pl.lit(False)
-            aggs.append(((pl.col("ts") < pl.col("signup")) & ~late).sum().alias("early"))
+    def joined(rows: pl.LazyFrame, accounts: pl.DataFrame) -> pl.LazyFrame:
+        """Usage rows with `__row` (their account's row in `accounts`, null when it is not there) and the
+        account's `signup`: what `totals` and `event_volumes` read, and what candidates take their windows from."""
+        return rows.join(accounts.select(ID, "signup").with_row_index("__row").lazy(), on=ID, how="left")
+
+    @staticmethod
+    def totals(kept: pl.Expr, as_of: datetime | None, *, dated: bool = True) -> list[pl.Expr]:
+        """Aggregations over `joined` rows (`kept`: which rows cleaning keeps) that `of` reads: rows and
+        accounts of known accounts, their rows before signup and (with `as_of`) after it, with the first
+        such line. Plain sums and one distinct count, so that they ride along in a streamed scan's
+        one-row select instead of needing a group-by of their own."""
+        known = (kept & pl.col("__row").is_not_null()).fill_null(False)
+        aggs = [known.sum().alias("known_rows"), pl.col("__row").filter(known).n_unique().alias("known_accounts")]
+        if dated:
+            late = known & (pl.col("ts") > as_of) if as_of is not None else pl.lit(False)
+            aggs.append((known & (pl.col("ts") < pl.col("signup")) & ~late).fill_null(False).sum().alias("early"))
             if as_of is not None:  # an export often runs past --as-of: count those rows and find the first here
                 aggs += counted("late", late)
-        if "event" not in schema:
-            return known, known.group_by("__row").agg(aggs)
-        # one 64-bit key (account row, event code) hashes several times faster than the two columns
-        key = pl.col("__row").cast(pl.UInt64) * (1 << 32) + pl.col("event").to_physical().cast(pl.UInt64)
-        return known, known.group_by(key.alias("__key")).agg(pl.col("__row").first(), pl.col("event").first(), *aggs)
+        return aggs
+
+    @staticmethod
+    def event_volumes(known: pl.LazyFrame, as_of: datetime | None) -> pl.LazyFrame:
+        """Rows per event type of known accounts (`joined` rows, kept, with an account), up to `as_of`."""
+        rows = known.filter(pl.col("ts") <= as_of) if as_of is not None else known
+        return rows.group_by("event").agg(pl.len().alias("rows"))
 
     @classmethod
-    def of(cls, pairs: pl.DataFrame, kept_rows: int, last: datetime | None, kept: pl.LazyFrame,
-           accounts: pl.DataFrame, as_of: datetime | None) -> UsageCounts:
-        """From the result of `plans` and the number and latest time of all kept rows. Which accounts are
-        unknown, and the first line dated before its signup, are looked up again only when there is such
-        a row (one more scan each)."""
-        totals = pairs.select(pl.col("rows").sum(), pl.col("__row").n_unique().alias("accounts"),
-                              *(pl.col(c).sum() for c in ("late", "early") if c in pairs.columns),
-                              *([pl.col("late_line").min()] if "late_line" in pairs.columns else [])).row(0, named=True)
+    def of(cls, totals: dict, per_event: pl.DataFrame | None, kept_rows: int, last: datetime | None,
+           kept: pl.LazyFrame, accounts: pl.DataFrame, as_of: datetime | None) -> UsageCounts:
+        """From the results of `totals` (by name) and `event_volumes`, and the number and latest time of all
+        kept rows. Which accounts are unknown, and the first line dated before its signup, are looked up
+        again only when there is such a row (one more scan each)."""
         unknown = pl.DataFrame(schema={ID: pl.String, "rows": pl.UInt32, "line": pl.Int64})
-        if kept_rows > totals["rows"]:
+        if kept_rows > totals["known_rows"]:
             unknown = (kept.join(accounts.select(ID).lazy(), on=ID, how="anti").group_by(ID)
                        .agg(pl.len().alias("rows"), pl.col(LINE).min().alias("line")).collect(engine="streaming"))
-        per_event = None
-        if "event" in pairs.columns:
-            volume = pl.col("rows") - (pl.col("late") if "late" in pairs.columns else 0)
-            per_event = (pairs.group_by("event").agg(volume.sum().alias("rows")).filter(pl.col("rows") > 0)
-                         .with_columns(pl.col("event").cast(pl.String)))
+        if per_event is not None:
+            per_event = per_event.with_columns(pl.col("event").cast(pl.String))
         late, early = totals.get("late") or 0, totals.get("early") or 0
         known = kept.join(accounts.select(ID, "signup").lazy(), on=ID)
         not_late = pl.col("ts") <= as_of if as_of is not None else pl.lit(True)
-        return cls(unknown.with_columns(pl.col(ID).cast(pl.String)), totals["rows"] or 0, totals["accounts"],
+        return cls(unknown.with_columns(pl.col(ID).cast(pl.String)), totals["known_rows"] or 0, totals["known_accounts"],
                    late, totals.get("late_line"),
                    early, first_line(known, (pl.col("ts") < pl.col("signup")) & not_late)[1] if early else None,
                    per_event, last)
@@ -339,8 +341,8 @@ _EVENT_DROPS = (
 _KEPT = pl.col(ID).is_not_null() & pl.col("ts").is_not_null() & pl.col("event").is_not_null()
 
 
-def _event_checks(rows: pl.LazyFrame, has_user: bool, has_value: bool) -> pl.LazyFrame:
-    """One row of counts (and first lines) for every check of the event log."""
+def _event_checks(rows: pl.LazyFrame, has_user: bool, has_value: bool, also: list[pl.Expr]) -> pl.LazyFrame:
+    """One row of counts (and first lines) for every check of the event log, and the aggregations `also`."""
     exprs = [pl.len().alias("rows"), (pl.col("ts").is_not_null() | pl.col("__bad_ts")).sum().alias("ts_present"),
              pl.col("ts").min().alias("first"), pl.col("ts").max().alias("last"),
              _KEPT.sum().alias("kept"), pl.col("ts").filter(_KEPT).max().alias("kept_last"),
@@ -353,7 +355,7 @@ def _event_checks(rows: pl.LazyFrame, has_user: bool, has_value: bool) -> pl.Laz
         exprs.append(pl.col("__dirty_user").any().alias("dirty_user"))
     if has_value:
         exprs += counted("negative_value", pl.col("value") < 0) + counted("bad_value", pl.col("__bad_value") & _KEPT)
-    return rows.select(exprs)
+    return rows.select(*exprs, *also)
 
 
 def _needs_cleaning(values: pl.Series) -> bool:
@@ -380,16 +382,18 @@ def clean_events(table: Table, settings: Settings, problems: Problems, accounts:
     value_col = find_column(table, "value", override=cols.get("value"), required=False)
     formats = detect_date_formats(table.frame, ts_col)
     roles = (id_col, ts_col, ev_col, user_col, value_col)
+    columns = [ID, "ts", "event", LINE, *(["user_id"] if user_col else []), *(["value"] if value_col else [])]
     for careful in (False, True):
-        rows = _parsed_events(table, roles, formats, careful=careful).cache()  # parsed once for every plan
-        kept = rows.filter(_KEPT).select(ID, "ts", "event", LINE, *(["user_id"] if user_col else []),
-                                         *(["value"] if value_col else []))
-        known, pairs = UsageCounts.plans(kept, accounts, settings.as_of)
-        extra = also(known) if also else []
-        checks, pairs, *extra_frames = pl.collect_all([_event_checks(rows, user_col is not None, value_col is not None),
-                                                       pairs, *extra], engine="streaming")
+        rows = _parsed_events(table, roles, formats, careful=careful)
+        kept = rows.filter(_KEPT).select(columns)
+        joined = UsageCounts.joined(rows, accounts).cache()  # parsed and joined once for every plan
+        known = joined.filter(_KEPT & pl.col("__row").is_not_null()).select(*columns, "__row", "signup")
+        checks = _event_checks(joined, user_col is not None, value_col is not None,
+                               UsageCounts.totals(_KEPT, settings.as_of))
+        checks, per_event, *extra_frames = pl.collect_all(
+            [checks, UsageCounts.event_volumes(known, settings.as_of), *(also(known) if also else [])], engine="streaming")
         found = checks.row(0, named=True)
-        counts = UsageCounts.of(pairs, found["kept"], found["kept_last"], kept, accounts, settings.as_of)
+        counts = UsageCounts.of(found, per_event, found["kept"], found["kept_last"], kept, accounts, settings.as_of)
         if careful or not (found["bad_ts"] or found.get("dirty_user") or _needs_cleaning(counts.per_event["event"])
                            or _needs_cleaning(counts.unknown[ID])):
             break
@@ -472,7 +476,9 @@ def clean_periodic(table: Table, settings: Settings, problems: Problems, account
                       "measured in the observation window, which nsm cannot check; metrics that follow account "
                       "age are flagged tracks_tenure", file=table.name)
     kept = frame.lazy()
-    counts = UsageCounts.of(UsageCounts.plans(kept, accounts, settings.as_of)[1].collect(), frame.height,
+    totals = UsageCounts.joined(kept, accounts).select(UsageCounts.totals(pl.lit(True), settings.as_of,
+                                                                          dated=date_col is not None))
+    counts = UsageCounts.of(totals.collect().row(0, named=True), None, frame.height,
                             frame["ts"].max() if date_col else None, kept, accounts, settings.as_of)
     return Usage("wide" if date_col else "snapshot", kept, measures=tuple(measures), counts=counts)
 
