@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from nsm_cli import kernels
+from nsm_cli import kernels, stats
 from nsm_cli.config import CandidateSpec, Settings
 from nsm_cli.errors import DataWarning, UsageError
 from nsm_cli.load import LINE
@@ -147,49 +147,35 @@ def _event_tables(usage: Usage, events: pl.DataFrame, n_accounts: int, sources: 
     one column per source in `sources` order; rows in cohort order; the fill value where an account
     has no such event.
 
-    Counted by integer keys, never by grouping text: cell = account row x sources + source index;
-    `bincount` sums per cell or account; distinct days and weeks are bits set per cell
-    (`kernels.active_periods`); distinct users are distinct (cell, user) pairs from polars' hash
-    `unique`."""
-    n_src = max(len(sources), 1)
-    n_cells = n_accounts * n_src
+    The rows are grouped by account (a counting sort), then one compiled pass over each account's rows
+    (`kernels.event_tables`, the accounts split over the cores) takes every aggregation of every cell."""
     offset = events["__offset"].to_numpy()
     n_days = int(offset.max()) + 1 if len(offset) else 1
-    # every key below is under n_cells x n_days: 32-bit keys when they fit halve the memory they take
-    key = np.int32 if n_cells * n_days < 2**31 else np.int64
     event = events["event"].cast(pl.Categorical)  # codes are local to a column: read them with their names
     present = event.unique()
-    lookup = np.zeros(int(present.to_physical().max() or 0) + 1, dtype=key)
+    lookup = np.zeros(int(present.to_physical().max() or 0) + 1, dtype=np.int64)
     position = {name: i for i, name in enumerate(sources)}
     lookup[present.to_physical().to_numpy()] = [position[name] for name in present.cast(pl.String)]
-    row = events["__row"].to_numpy().astype(key)
-    day = offset.astype(key)  # offsets are >= 0: truncation is the floor
-    cell = row * n_src + lookup[event.to_physical().to_numpy()]
-
-    def per(groups: np.ndarray, size: int, weights: np.ndarray | None = None) -> np.ndarray:
-        return np.bincount(groups, weights=weights, minlength=size).astype(float)
-
-    def both(per_account: np.ndarray, per_cell: np.ndarray) -> np.ndarray:
-        return np.column_stack([per_account, per_cell.reshape(n_accounts, n_src)[:, :len(sources)]])
-
-    tables = {"count": both(per(row, n_accounts), per(cell, n_cells))}
-    cell_days, account_days, cell_weeks, account_weeks = kernels.active_periods(cell, day, n_accounts, n_src, n_days)
-    tables["active_days"] = both(account_days.astype(float), cell_days.astype(float))
-    tables["active_weeks"] = both(account_weeks.astype(float), cell_weeks.astype(float))
-    first = np.full(n_cells, window_days + 1.0)
-    np.minimum.at(first, cell, offset)
-    tables["days_to_first"] = both(first.reshape(n_accounts, n_src).min(axis=1), first)
+    source = lookup[event.to_physical().to_numpy()]
+    user, user_ok = np.empty(0, np.uint64), np.empty(0, bool)
     if usage.has_user:
-        user = events["user_id"]  # validate keeps a 64-bit hash of the text: only distinct users are counted
-        user = user if user.dtype == pl.UInt64 else user.hash(seed=0).set(user.is_null(), None)
-        distinct = pl.LazyFrame({"cell": cell, "user": user}).drop_nulls().unique().collect()
-        by_account = distinct.lazy().select(pl.col("cell") // n_src, "user").unique().collect()
-        tables["users"] = both(per(by_account["cell"].to_numpy(), n_accounts), per(distinct["cell"].to_numpy(), n_cells))
+        hashed = events["user_id"]  # validate keeps a 64-bit hash of the text: only distinct users are counted
+        hashed = hashed if hashed.dtype == pl.UInt64 else hashed.hash(seed=0).set(hashed.is_null(), None)
+        user, user_ok = hashed.fill_null(0).to_numpy(), hashed.is_not_null().to_numpy()
+    value = events["value"].cast(pl.Float64).fill_null(0.0).to_numpy() if usage.has_value else np.empty(0)
+    starts, *columns = kernels.group_by_account(events["__row"].to_numpy(), n_accounts, source, offset, user,
+                                                user_ok, value)
+    n_src = max(len(sources), 1)
+    parts = stats.by_rows(lambda spans: kernels.event_tables(spans, *columns, n_src, n_days, window_days + 1.0),
+                          np.column_stack([starts[:-1], starts[1:]]))
+    count, days, weeks, first, users, total = (np.vstack(t)[:, :1 + len(sources)] for t in zip(*parts, strict=True))
+    tables = {"count": count, "active_days": days, "active_weeks": weeks, "days_to_first": first}
+    if usage.has_user:
+        tables["users"] = users
         with np.errstate(divide="ignore", invalid="ignore"):
-            tables["per_user"] = np.where(tables["users"] > 0, tables["count"] / tables["users"], 0.0)
+            tables["per_user"] = np.where(users > 0, count / users, 0.0)
     if usage.has_value:
-        value = events["value"].cast(pl.Float64).fill_null(0.0).to_numpy()
-        tables["sum"] = both(per(row, n_accounts, value), per(cell, n_cells, value))
+        tables["sum"] = total
     return tables
 
 

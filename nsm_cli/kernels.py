@@ -292,41 +292,106 @@ def _popcount(v):
 
 
 @_jit
-def _set_bit(bits, row, position):
-    bits[row, position >> 6] |= np.uint64(1) << np.uint64(position & 63)
-
-
-@_jit
-def _count_bits(bits, n_accounts, n_src):
-    """Set bits per row of `bits` (cells, words), and per account in the union of its n_src cells."""
-    per_cell = np.zeros(n_accounts * n_src, np.int64)
-    per_account = np.zeros(n_accounts, np.int64)
+def group_by_account(row, n_accounts, source, offset, user, user_ok, value):
+    """The events' columns with each account's rows together, in their original order (a counting
+    sort): account a's rows are starts[a] to starts[a + 1]. Empty `user` and `value` stay empty.
+    Returns starts, then the columns in the order given."""
+    starts = np.zeros(n_accounts + 1, np.int64)
+    for i in range(len(row)):
+        starts[row[i] + 1] += 1
     for a in range(n_accounts):
-        for word in range(bits.shape[1]):
-            union = np.uint64(0)
-            for s in range(n_src):
-                v = bits[a * n_src + s, word]
-                per_cell[a * n_src + s] += _popcount(v)
-                union |= v
-            per_account[a] += _popcount(union)
-    return per_cell, per_account
+        starts[a + 1] += starts[a]
+    fill = starts[:-1].copy()
+    out_source, out_offset = np.empty_like(source), np.empty_like(offset)
+    out_user, out_ok, out_value = np.empty_like(user), np.empty_like(user_ok), np.empty_like(value)
+    for i in range(len(row)):
+        j = fill[row[i]]
+        fill[row[i]] = j + 1
+        out_source[j], out_offset[j] = source[i], offset[i]
+        if len(user):
+            out_user[j], out_ok[j] = user[i], user_ok[i]
+        if len(value):
+            out_value[j] = value[i]
+    return starts, out_source, out_offset, out_user, out_ok, out_value
 
 
 @_jit
-def active_periods(cell, day, n_accounts, n_src, n_days):
-    """Distinct days and distinct weeks (day // 7) with an event, per cell (cell = account x n_src +
-    source) and per account, from one pass that sets a bit per (cell, day) and per (cell, week).
-    Returns days per cell, days per account, weeks per cell, weeks per account."""
-    n_weeks = n_days // 7 + 1
-    days = np.zeros((n_accounts * n_src, (n_days + 63) // 64), np.uint64)
-    weeks = np.zeros((n_accounts * n_src, (n_weeks + 63) // 64), np.uint64)
-    for i in range(len(cell)):
-        _set_bit(days, cell[i], day[i])
-        _set_bit(weeks, cell[i], day[i] // 7)
-    cell_days, account_days = _count_bits(days, n_accounts, n_src)
-    cell_weeks, account_weeks = _count_bits(weeks, n_accounts, n_src)
-    return cell_days, account_days, cell_weeks, account_weeks
+def _set_bit(bits, cell, position):
+    bits[cell, position >> 6] |= np.uint64(1) << np.uint64(position & 63)
 
+
+@_jit
+def _distinct_users(lo, hi, source, user, user_ok, out, table, tag):
+    """Adds to out (1 + n_src,) the distinct users among rows lo..hi-1 (one account): all together in
+    out[0], per source s in out[1 + s]. `table` is scratch: an open-addressing set of user keys
+    (`keys`, per slot a bitset of the sources seen with that user, and `tags`: a slot belongs to this
+    account when its tag is `tag`, so no clearing is needed between accounts), of at least 2 (hi - lo)
+    slots."""
+    keys, tags, sources = table
+    bits = 1
+    while (1 << bits) < 2 * (hi - lo):
+        bits += 1
+    last = (1 << bits) - 1
+    for i in range(lo, hi):
+        if not user_ok[i]:
+            continue
+        key = user[i]
+        slot = np.int64((key * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(64 - bits))  # Fibonacci hashing
+        while tags[slot] == tag and keys[slot] != key:
+            slot = (slot + 1) & last
+        if tags[slot] != tag:  # a user not seen yet in this account
+            tags[slot], keys[slot] = tag, key
+            sources[slot, :] = 0
+            out[0] += 1.0
+        c = source[i]
+        bit = np.uint64(1) << np.uint64(c & 63)
+        if not sources[slot, c >> 6] & bit:  # this user's first event of source c
+            sources[slot, c >> 6] |= bit
+            out[1 + c] += 1.0
+
+
+@_jit
+def event_tables(spans, source, offset, user, user_ok, value, n_src, n_days, no_first):
+    """Per account (a row of `spans`: the first and after-last position of its rows, grouped as
+    `group_by_account` leaves them) and per cell (column 0: all the account's events; column 1 + s:
+    those of source s), from each event's `source` index and `offset` in days into the window:
+    rows, distinct days (int(offset)) and weeks (day // 7) with an event, the first offset (`no_first`
+    when none), distinct users (the `user` keys where `user_ok`; none when `user` is empty) and the
+    sum of `value` (zeros when it is empty). Six (accounts, 1 + n_src) arrays in that order.
+
+    One pass over each account's rows; its days and weeks are bits set in a small table cleared for
+    each account, its users keys in a small hash set."""
+    m, width = len(spans), 1 + n_src
+    count, days, weeks = np.zeros((m, width)), np.zeros((m, width)), np.zeros((m, width))
+    first, users, total = np.full((m, width), no_first), np.zeros((m, width)), np.zeros((m, width))
+    day_bits = np.zeros((width, (n_days + 63) // 64), np.uint64)
+    week_bits = np.zeros((width, (n_days // 7 + 64) // 64), np.uint64)
+    size = 1
+    for a in range(m):
+        while len(user) and size < 2 * (spans[a, 1] - spans[a, 0]):
+            size *= 2  # the user set of the account with the most rows fits
+    table = (np.empty(size, np.uint64), np.zeros(size, np.int64), np.empty((size, (n_src + 63) // 64), np.uint64))
+    for a in range(m):
+        lo, hi = spans[a, 0], spans[a, 1]
+        day_bits[:] = 0
+        week_bits[:] = 0
+        for i in range(lo, hi):
+            day = int(offset[i])  # offsets are >= 0: truncation is the floor
+            for cell in (0, 1 + source[i]):
+                count[a, cell] += 1.0
+                first[a, cell] = min(first[a, cell], offset[i])
+                _set_bit(day_bits, cell, day)
+                _set_bit(week_bits, cell, day // 7)
+                if len(value):
+                    total[a, cell] += value[i]
+        for cell in range(width):
+            for word in range(day_bits.shape[1]):
+                days[a, cell] += _popcount(day_bits[cell, word])
+            for word in range(week_bits.shape[1]):
+                weeks[a, cell] += _popcount(week_bits[cell, word])
+        if len(user):
+            _distinct_users(lo, hi, source, user, user_ok, users[a], table, a + 1)
+    return count, days, weeks, first, users, total
 
 
 @_jit

@@ -198,3 +198,33 @@ def test_config_candidate_of_absent_events_is_all_fill_values_and_names_must_be_
     assert cs.metrics.sort("account_id")["share_first"].to_list() == [9 / 24, 31.0, 31.0]
     with pytest.raises(UsageError, match="taken by a built-in"):
         _build([CandidateSpec("share.count", events=("share",))])
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_grouped_event_tables_count_users_like_python_sets(seed):
+    """The compiled per-account pass against Python sets, with accounts of many rows and few distinct
+    users (so the user set's slots collide and probe), rows in no order, and an account with none."""
+    import numpy as np
+
+    from nsm_cli import kernels
+
+    rng = np.random.default_rng(seed)
+    n, n_accounts, n_src = 5000, 40, 3
+    row = rng.integers(0, n_accounts - 1, n)  # the last account has no rows
+    source = rng.integers(0, n_src, n)
+    offset = rng.uniform(0, 30, n)
+    user = rng.integers(0, 2**63, 60, dtype=np.uint64)[rng.integers(0, 60, n)]
+    user_ok = rng.random(n) > 0.1
+    value = rng.normal(size=n)
+    starts, *columns = kernels.group_by_account(row, n_accounts, source, offset, user, user_ok, value)
+    count, days, weeks, first, users, total = kernels.event_tables(
+        np.column_stack([starts[:-1], starts[1:]]), *columns, n_src, 30, 31.0)
+    for a in range(n_accounts):
+        for cell in range(1 + n_src):
+            mine = (row == a) & ((source == cell - 1) | (cell == 0))
+            assert count[a, cell] == mine.sum()
+            assert days[a, cell] == len(set(offset[mine].astype(int)))
+            assert weeks[a, cell] == len(set(offset[mine].astype(int) // 7))
+            assert first[a, cell] == (offset[mine].min() if mine.any() else 31.0)
+            assert users[a, cell] == len(set(user[mine & user_ok].tolist()))
+            assert total[a, cell] == pytest.approx(value[mine].sum(), rel=1e-12, abs=1e-12)
