@@ -320,7 +320,8 @@ def _parsed_events(table: Table, roles: tuple, formats: tuple[str, ...], *, care
         exprs.append(pl.when(user.is_not_null()).then(user.hash(seed=0)).alias("user_id"))
         if not careful:
             raw = pl.col(user_col).cast(pl.String)
-            exprs.append((raw.str.contains(r"^\s|\s$") | raw.is_in(NULL_TOKENS)).fill_null(False).alias("__dirty_user"))
+            dirty = (raw.str.strip_chars() != raw) | raw.is_in(NULL_TOKENS)  # where `text` would change it
+            exprs.append(dirty.fill_null(False).alias("__dirty_user"))
     if value_col:
         exprs += [parse_number(value_col, schema[value_col]).alias("value"),
                   text(value_col).is_not_null().alias("__has_value")]
