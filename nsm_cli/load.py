@@ -231,7 +231,11 @@ def detect_date_formats(frame: pl.LazyFrame, column: str) -> tuple[str, ...]:
     chosen: list[str] = []
     remaining = sample
     while remaining.len():
-        hits = {f: _parse_one(remaining, f).is_not_null() for f in _DATE_FORMATS if f not in chosen}
+        hits = {}
+        for f in (f for f in _DATE_FORMATS if f not in chosen):
+            hits[f] = _parse_one(remaining, f).is_not_null()
+            if hits[f].all():  # parses every remaining value: no later format can do better
+                break
         best = max(hits, key=lambda f: (int(hits[f].sum()), -_DATE_FORMATS.index(f)), default=None)
         if best is None or not hits[best].any():
             break
