@@ -6,11 +6,26 @@
     'report_shared.count'
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
 __version__ = "0.1.0"
 
-from nsm_cli.config import Settings  # noqa: E402
-from nsm_cli.errors import InputError, NsmError, UsageError  # noqa: E402
-from nsm_cli.pipeline import analyze  # noqa: E402
-from nsm_cli.results import Report  # noqa: E402
-
+# Imported on first use, so that the command line can configure the process (see `cli`) before numpy loads.
+_EXPORTS = {"Settings": "nsm_cli.config", "analyze": "nsm_cli.pipeline", "Report": "nsm_cli.results",
+            "NsmError": "nsm_cli.errors", "InputError": "nsm_cli.errors", "UsageError": "nsm_cli.errors"}
 __all__ = ["Settings", "analyze", "Report", "NsmError", "InputError", "UsageError", "__version__"]
+
+if TYPE_CHECKING:
+    from nsm_cli.config import Settings
+    from nsm_cli.errors import InputError, NsmError, UsageError
+    from nsm_cli.pipeline import analyze
+    from nsm_cli.results import Report
+
+
+def __getattr__(name: str) -> object:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'nsm_cli' has no attribute {name!r}")
