@@ -1,9 +1,12 @@
 """`nsm rank`'s analysis with the time spent in each stage (the library's progress callback)."""
 
+import os
 import sys
 import time
 
-from nsm_cli import Settings, analyze
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # as `nsm` sets it (nsm_cli/cli.py), before numpy loads
+
+from nsm_cli import Settings, analyze  # noqa: E402
 
 args = dict(zip(sys.argv[1::2], sys.argv[2::2], strict=True))
 marks: list[tuple[str, float]] = [("start", time.perf_counter())]
