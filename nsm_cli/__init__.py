@@ -4,6 +4,10 @@
     >>> report = analyze(Settings(accounts="accounts.csv", usage="events.csv"))  # doctest: +SKIP
     >>> report.candidates[0].name  # doctest: +SKIP
     'report_shared.count'
+
+nsm runs a thread per core itself. The `nsm` command keeps OpenBLAS to one thread, whose own threads
+would only compete with it; a program calling `analyze` gets the same by setting OPENBLAS_NUM_THREADS=1
+before numpy is first imported.
 """
 
 from __future__ import annotations
