@@ -126,19 +126,15 @@ class WindowedEvents:
         if spans.select((pl.col("__row").is_null() | (pl.col("window_start") < pl.col("taken_start"))
                          | (pl.col("landmark") > pl.col("taken_end"))).any()).item():
             return None
-        wanted = pl.col("event").is_in(sources)  # capped event types out
+        cohort_row = np.full(self.bounds.height, -1, np.int64)  # the taken rows' accounts renumbered to cohort rows
+        cohort_row[spans["__row"].to_numpy()] = spans["__c"].to_numpy()
+        renumbered = pl.Series("__row", cohort_row[self.rows["__row"].to_numpy()])
+        rows = self.rows.with_columns(renumbered).filter(pl.col("event").is_in(sources) & (pl.col("__row") >= 0))
         if spans.select((pl.col("window_start") == pl.col("taken_start")).all()
                         & (pl.col("landmark") == pl.col("taken_end")).all()).item():
-            # the windows taken are the cohort's (a plain `nsm rank`): the rows only need renumbering
-            cohort_row = np.full(self.bounds.height, -1, np.int64)
-            cohort_row[spans["__row"].to_numpy()] = spans["__c"].to_numpy()
-            renumbered = pl.Series("__row", cohort_row[self.rows["__row"].to_numpy()])
-            return (self.rows.with_columns(renumbered).filter(wanted & (pl.col("__row") >= 0))
-                    .with_columns(pl.col("__row").cast(pl.UInt32)))
-        rows = self.rows.lazy().filter(wanted)
-        spans = spans.select("__row", "__c", "window_start", "landmark")  # one pass: no copy of every row kept
-        joined = rows.join(spans.lazy(), on="__row", how="inner", maintain_order="left")
-        return in_window(joined.drop("__row").rename({"__c": "__row"})).collect()
+            return rows.with_columns(pl.col("__row").cast(pl.UInt32))  # the windows taken are the cohort's
+        window = {c: pl.lit(cohort[c]).gather(pl.col("__row")) for c in ("window_start", "landmark")}
+        return in_window(rows.lazy().with_columns(**window)).with_columns(pl.col("__row").cast(pl.UInt32)).collect()
 
 
 def _event_tables(usage: Usage, events: pl.DataFrame, n_accounts: int, sources: list[str],
