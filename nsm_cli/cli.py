@@ -360,12 +360,14 @@ def _root(version: Annotated[bool, typer.Option("--version", callback=version_ca
 
 
 def main() -> None:
+    # The garbage collector skips frozen objects. Frozen here, the modules' objects (they live as long as
+    # the process) are not walked by every collection of the run (~0.1 s); frozen at the end, the objects
+    # numba, polars and numpy created are not walked by the collections of the interpreter's exit
+    # (~0.25 s). Cyclic garbage made during the run is still collected.
+    gc.freeze()
     try:
         app()
     except BrokenPipeError:
         sys.exit(EXIT_OK)
     finally:
-        # The process ends here. Freezing keeps the interpreter's last garbage collections from walking
-        # every object numba, polars and numpy created, which took ~0.2 s of every run; nothing is lost,
-        # as nothing cyclic is left to collect that exit would not free anyway.
         gc.freeze()
