@@ -16,7 +16,7 @@ import numpy as np
 import polars as pl
 
 from nsm_cli import kernels, stats
-from nsm_cli.config import CandidateSpec, Settings
+from nsm_cli.config import AGGREGATIONS, CandidateSpec, Settings
 from nsm_cli.errors import DataWarning, UsageError
 from nsm_cli.load import LINE
 from nsm_cli.outcomes import window_bounds
@@ -176,20 +176,29 @@ def _event_tables(usage: Usage, events: pl.DataFrame, n_accounts: int, sources: 
 
 
 def build_event_candidates(usage: Usage, cohort: pl.DataFrame, settings: Settings,
-                           windowed: WindowedEvents | None = None) -> CandidateSet:
+                           windowed: WindowedEvents | None = None, *, only: str | None = None) -> CandidateSet:
     """Candidates of an event log for `cohort`'s accounts: from `windowed` when its rows cover the
-    cohort's windows, else from a new (streaming) scan. The windowed events are aggregated several ways."""
-    sources = list(usage.event_names)
+    cohort's windows, else from a new (streaming) scan. The windowed events are aggregated several ways.
+    `only`: a candidate name; when it is one event type's built-in candidate, only that event type's
+    candidates are built (what a deep dive needs in its other windows), else all of them."""
+    names = list(usage.event_names)
+    mapping, warnings = slugs_for(names)
+    single = [src for src in names for agg in AGGREGATIONS if only == f"{mapping[src]}.{agg}"]
+    sources = single or names
     events = windowed.of_cohort(cohort, sources) if windowed is not None else None
     if events is None:
-        events = windowed_events(usage, cohort).drop(ID).collect(engine="streaming")
-    mapping, warnings = slugs_for(sources)
+        rows = windowed_events(usage, cohort).drop(ID)
+        events = (rows.filter(pl.col("event").is_in(sources)) if single else rows).collect(engine="streaming")
     tables = _event_tables(usage, events, cohort.height, sources, settings.window_days)
-    names = list(tables)
-    candidates = [Candidate(f"any.{agg}", "any", agg, "events") for agg in names]  # all events together
-    candidates += [Candidate(f"{mapping[src]}.{agg}", src, agg, "events") for src in sources for agg in names]
-    columns = {f"{slug}.{agg}": tables[agg][:, j] for agg in names
-               for j, slug in enumerate(["any", *(mapping[src] for src in sources)])}
+    aggs = list(tables)
+    slugs = [mapping[src] for src in sources]
+    candidates = [Candidate(f"{slug}.{agg}", src, agg, "events") for src, slug in zip(sources, slugs, strict=True)
+                  for agg in aggs]
+    columns = {f"{slug}.{agg}": tables[agg][:, 1 + j] for agg in aggs for j, slug in enumerate(slugs)}
+    if single:
+        return _finish(pl.DataFrame({ID: cohort[ID], **columns}), candidates, warnings, settings.window_days)
+    candidates = [Candidate(f"any.{agg}", "any", agg, "events") for agg in aggs] + candidates  # all events together
+    columns = {**{f"any.{agg}": tables[agg][:, 0] for agg in aggs}, **columns}
     configured = [c for c in _config_candidates(settings.candidates) if c.origin == "config"]
     for spec in settings.candidates:
         if spec.name in columns:

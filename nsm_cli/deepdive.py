@@ -85,7 +85,7 @@ def validate_metric(settings: Settings, metric: str, *, windows: tuple[float, ..
     by_window = {settings.window_days: base}
     for w in windows:
         if w not in by_window:
-            by_window[w] = prepare(inputs, dataclasses.replace(settings, window_days=w))
+            by_window[w] = prepare(inputs, dataclasses.replace(settings, window_days=w), only=metric)
     aha = aha_scan(metric, by_window, settings, sign=sign)
     say("stability")
     stability = stability_check(x, base, settings, sign=sign)
@@ -363,8 +363,8 @@ def leading_check(metric: str, inputs, settings: Settings, base: Prepared) -> di
     if settings.landmark is None:
         for w in LEADING_WINDOWS:
             try:
-                prep = base if w == settings.window_days else prepare(inputs, dataclasses.replace(settings,
-                                                                                                   window_days=w))
+                prep = base if w == settings.window_days else prepare(
+                    inputs, dataclasses.replace(settings, window_days=w), only=metric)
             except Exception as exc:  # noqa: BLE001 - a window with too little data is reported, not fatal
                 rows.append({"window_days": w, "note": str(exc)})
                 continue
@@ -377,7 +377,7 @@ def leading_check(metric: str, inputs, settings: Settings, base: Prepared) -> di
             frame = base.cohort.frame.with_columns(
                 window_start=pl.col("landmark") - pl.duration(days=lead + settings.window_days),
                 landmark=pl.col("landmark") - pl.duration(days=lead))
-            cands = build_candidates(inputs, dataclasses.replace(base.cohort, frame=frame), settings)
+            cands = build_candidates(inputs, dataclasses.replace(base.cohort, frame=frame), settings, only=metric)
             if metric in cands.metrics.columns:
                 rows.append({"lead_days": lead, **_effect(cands.metrics[metric].to_numpy().astype(float), base.churn)})
         mode = "metric windows ending 0, 30 and 60 days before the landmark"

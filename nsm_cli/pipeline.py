@@ -132,11 +132,12 @@ def data_shortfall(n_accounts: int, n_churned: int, excluded: dict[str, int]) ->
     return None
 
 
-def build_candidates(inputs: Inputs, cohort: Cohort, settings: Settings) -> CandidateSet:
+def build_candidates(inputs: Inputs, cohort: Cohort, settings: Settings, *, only: str | None = None) -> CandidateSet:
+    """Every candidate, or with `only` (a candidate name) at least that one: see `build_event_candidates`."""
     if inputs.usage is None:
         raise InputError("no usage data: pass --usage FILE (an event log, a periodic table or a per-account table)")
     if inputs.usage.kind == "events":
-        return build_event_candidates(inputs.usage, cohort.frame, settings, inputs.windowed)
+        return build_event_candidates(inputs.usage, cohort.frame, settings, inputs.windowed, only=only)
     return build_periodic_candidates(inputs.usage, cohort.frame, settings)
 
 
@@ -155,8 +156,10 @@ class Prepared:
         return self.candidates.metrics[name].to_numpy().astype(float)
 
 
-def prepare(inputs: Inputs, settings: Settings, *, progress: Progress | None = None) -> Prepared:
-    """Cohort, outcomes and candidates for `settings` (its window and landmark) over loaded inputs."""
+def prepare(inputs: Inputs, settings: Settings, *, progress: Progress | None = None,
+            only: str | None = None) -> Prepared:
+    """Cohort, outcomes and candidates for `settings` (its window and landmark) over loaded inputs. With
+    `only` (a candidate name), the candidates may be just that one's kin, or none when it is skipped."""
     say = progress or (lambda _msg: None)
     say("building outcomes")
     cohort = build_cohort(inputs.accounts, inputs.mrr, settings, inputs.as_of,
@@ -166,8 +169,8 @@ def prepare(inputs: Inputs, settings: Settings, *, progress: Progress | None = N
     if shortfall:
         raise InsufficientDataError(shortfall)
     say("building candidates")
-    cands = build_candidates(inputs, cohort, settings)
-    if not cands.candidates:
+    cands = build_candidates(inputs, cohort, settings, only=only)
+    if not cands.candidates and only is None:
         raise InsufficientDataError("no usable candidate metric: every candidate is constant or nearly empty "
                                     f"({len(cands.skipped)} skipped)")
     # the windowed events are consumed: a caller that needs them for other windows keeps its `inputs`

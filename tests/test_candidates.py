@@ -228,3 +228,19 @@ def test_grouped_event_tables_count_users_like_python_sets(seed):
             assert first[a, cell] == (offset[mine].min() if mine.any() else 31.0)
             assert users[a, cell] == len(set(user[mine & user_ok].tolist()))
             assert total[a, cell] == pytest.approx(value[mine].sum(), rel=1e-12, abs=1e-12)
+
+
+def test_only_one_event_types_candidates_equal_those_of_the_full_set(monkeypatch):
+    """`only` (the deep dive's other windows) builds just that event type's candidates, with the values
+    of the full build; a name that is not one event type's built-in candidate builds everything."""
+    monkeypatch.setattr("nsm_cli.candidates.MIN_ACCOUNTS_WITH", 0)
+    monkeypatch.setattr("nsm_cli.candidates.MIN_SHARE_WITH", 0)
+    s = Settings(accounts="x", window_days=30, candidates=(CandidateSpec("share_first", events=("share",),
+                                                                         aggregation="days_to_first"),))
+    usage, cohort = _usage(EVENTS, has_user=True), _cohort(["a", "b", "c"])
+    full = build_event_candidates(usage, cohort, s).metrics
+    single = build_event_candidates(usage, cohort, s, only="share.users").metrics
+    assert sorted(single.columns) == sorted(["account_id", *(c for c in full.columns if c.startswith("share."))])
+    assert_frame_equal(single, full.select(single.columns))
+    for name in ("any.count", "share_first", "share.nope"):
+        assert build_event_candidates(usage, cohort, s, only=name).metrics.columns == full.columns
