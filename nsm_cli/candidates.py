@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from nsm_cli import kernels, stats
+from nsm_cli import kernels
 from nsm_cli.config import AGGREGATIONS, CandidateSpec, Settings
 from nsm_cli.errors import DataWarning, UsageError
 from nsm_cli.load import LINE
@@ -162,7 +162,7 @@ def _event_tables(usage: Usage, events: pl.DataFrame, n_accounts: int, sources: 
     starts, *columns = kernels.group_by_account(events["__row"].to_numpy(), n_accounts, source, offset, user,
                                                 user_ok, value)
     n_src = max(len(sources), 1)
-    parts = stats.by_rows(lambda spans: kernels.event_tables(spans, *columns, n_src, n_days, window_days + 1.0),
+    parts = kernels.by_rows(lambda spans: kernels.event_tables(spans, *columns, n_src, n_days, window_days + 1.0),
                           np.column_stack([starts[:-1], starts[1:]]))
     count, days, weeks, first, users, total = (np.vstack(t)[:, :1 + len(sources)] for t in zip(*parts, strict=True))
     tables = {"count": count, "active_days": days, "active_weeks": weeks, "days_to_first": first}

@@ -63,7 +63,7 @@ class Evidence:
 def standardise(metrics: np.ndarray) -> np.ndarray:
     """Signed log1p, then centre and scale each column to sample SD 1 (ddof=1)."""
     rows = np.ascontiguousarray(np.asarray(metrics, dtype=float).T)
-    return np.vstack(stats.by_rows(kernels.standardise, rows)).T
+    return np.vstack(kernels.by_rows(kernels.standardise, rows)).T
 
 
 @dataclass(frozen=True, slots=True)

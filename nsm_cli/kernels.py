@@ -2,18 +2,38 @@
 
 Each kernel is one pass over arrays its caller has laid out (sorted, coded, as integer keys): the
 Cox partial likelihood and Harrell's C for `stats`, ranks and standardised values for `evidence`,
-the per-time counts of threshold scans, and distinct active days and weeks for `candidates`. The
-callers prepare the arrays and are what the rest of nsm calls; the kernels release the GIL, so
-`stats` runs them on a thread per core. Compiled code is cached on disk, so only the first run
-after installing pays for compilation.
+the per-time counts of threshold scans, and the event aggregations per account for `candidates`.
+The callers prepare the arrays and are what the rest of nsm calls; the kernels release the GIL, so
+the callers run them over chunks of rows, a thread per core (`by_rows`). Compiled code is cached on
+disk, so only the first run after installing pays for compilation.
 """
 
 from __future__ import annotations
 
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 
 import numba
 import numpy as np
+
+
+def _workers() -> int:
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+def by_rows(kernel, *arrays: np.ndarray) -> list:
+    """`kernel` (a kernel, or code that calls kernels) over chunks of rows, a chunk per core, in order:
+    each (k, ...) array in `arrays` is cut into chunks of rows; one-dimensional arrays go whole to every
+    chunk."""
+    k = arrays[0].shape[0]
+    size = max(1, -(-k // _workers()))
+
+    def chunk(i: int):
+        return kernel(*(a[i : i + size] if a.ndim > 1 else a for a in arrays))
+
+    with ThreadPoolExecutor(max_workers=_workers()) as pool:
+        return list(pool.map(chunk, range(0, max(1, k), size)))
 
 
 def _jit(fn):
@@ -324,10 +344,10 @@ def _set_bit(bits, cell, position):
 def _distinct_users(lo, hi, source, user, user_ok, out, table, tag):
     """Adds to out (1 + n_src,) the distinct users among rows lo..hi-1 (one account): all together in
     out[0], per source s in out[1 + s]. `table` is scratch: an open-addressing set of user keys
-    (`keys`, per slot a bitset of the sources seen with that user, and `tags`: a slot belongs to this
-    account when its tag is `tag`, so no clearing is needed between accounts), of at least 2 (hi - lo)
-    slots."""
-    keys, tags, sources = table
+    (`keys`; `tags`: a slot belongs to this account when its tag is `tag`, so no clearing is needed
+    between accounts; `seen`: per slot, a bitset of the sources seen with that user), of at least
+    2 (hi - lo) slots."""
+    keys, tags, seen = table
     bits = 1
     while (1 << bits) < 2 * (hi - lo):
         bits += 1
@@ -341,12 +361,12 @@ def _distinct_users(lo, hi, source, user, user_ok, out, table, tag):
             slot = (slot + 1) & last
         if tags[slot] != tag:  # a user not seen yet in this account
             tags[slot], keys[slot] = tag, key
-            sources[slot, :] = 0
+            seen[slot, :] = 0
             out[0] += 1.0
         c = source[i]
         bit = np.uint64(1) << np.uint64(c & 63)
-        if not sources[slot, c >> 6] & bit:  # this user's first event of source c
-            sources[slot, c >> 6] |= bit
+        if not seen[slot, c >> 6] & bit:  # this user's first event of source c
+            seen[slot, c >> 6] |= bit
             out[1 + c] += 1.0
 
 

@@ -14,8 +14,6 @@ Conventions:
 
 from __future__ import annotations
 
-import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from statistics import NormalDist
 
@@ -167,17 +165,13 @@ def _solve(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return np.einsum("kij,kj->ki", np.linalg.pinv(a), b)
 
 
-def _workers() -> int:
-    return max(1, min(4, os.cpu_count() or 1))
-
-
 def cox_fit_chunked(time: np.ndarray, event: np.ndarray, X: np.ndarray, *, penalizer: float = 0.0,
                     strata: np.ndarray | None = None, start: np.ndarray | None = None) -> CoxFit:
     """`cox_fit` over chunks of models, a chunk per core (the kernels release the GIL). Chunks are
     independent, so results do not depend on the number of threads; the accounts are sorted once."""
     start = np.zeros((X.shape[0], X.shape[2])) if start is None else start  # cox_fit's own default
     blocks = _Blocks.of(np.asarray(time, float), np.asarray(event, bool), strata)
-    fits = by_rows(lambda x, s: cox_fit(time, event, x, penalizer=penalizer, start=s, blocks=blocks), X, start)
+    fits = kernels.by_rows(lambda x, s: cox_fit(time, event, x, penalizer=penalizer, start=s, blocks=blocks), X, start)
     return CoxFit(
         np.concatenate([f.beta for f in fits]), np.concatenate([f.variance for f in fits]),
         np.concatenate([f.log_likelihood for f in fits]), np.concatenate([f.converged for f in fits]),
@@ -189,26 +183,13 @@ def codes_and_ranks(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per column of a (n, k): each value's dense code from 0 (equal values, equal codes), int64, and
     its average rank from 1 (ties share the mean rank). Columns run on a thread per core."""
     rows = np.ascontiguousarray(np.asarray(a, dtype=float).T)
-    parts = by_rows(kernels.rank_columns, rows, np.argsort(rows, axis=1))
+    parts = kernels.by_rows(kernels.rank_columns, rows, np.argsort(rows, axis=1))
     return np.vstack([c for c, _ in parts]).T, np.vstack([r for _, r in parts]).T
 
 
 def dense_codes(a: np.ndarray) -> np.ndarray:
     """Per column of a (n, k): each value's dense rank from 0 (equal values, equal codes), int64."""
     return codes_and_ranks(a)[0]
-
-
-def by_rows(kernel, *arrays: np.ndarray) -> list:
-    """`kernel` over chunks of rows, a chunk per core, in order: each (k, ...) array in `arrays` is cut
-    into chunks of rows; one-dimensional arrays go whole to every chunk."""
-    k = arrays[0].shape[0]
-    size = max(1, -(-k // _workers()))
-
-    def chunk(i: int):
-        return kernel(*(a[i : i + size] if a.ndim > 1 else a for a in arrays))
-
-    with ThreadPoolExecutor(max_workers=_workers()) as pool:
-        return list(pool.map(chunk, range(0, max(1, k), size)))
 
 
 def average_ranks(codes: np.ndarray) -> np.ndarray:
@@ -254,7 +235,7 @@ def concordance_of_codes(time: np.ndarray, event: np.ndarray, codes: np.ndarray)
     if pairs == 0:
         return np.full(codes.shape[1], np.nan)
     ordered = np.ascontiguousarray(np.asarray(codes, np.int64)[order].T)
-    parts = by_rows(kernels.concordant_counts, ordered, level[order], event[order])
+    parts = kernels.by_rows(kernels.concordant_counts, ordered, level[order], event[order])
     greater = np.concatenate([g for g, _ in parts]).astype(float)
     ties = np.concatenate([t for _, t in parts]).astype(float)
     return (greater + 0.5 * ties) / pairs
