@@ -12,6 +12,7 @@ from nsm_cli.errors import InputError
 from nsm_cli.outcomes import build_cohort
 from nsm_cli.pipeline import data_shortfall, load_inputs
 from nsm_cli.results import clean
+from nsm_cli.validate import UsageCounts
 
 TOP_EVENTS = 20
 
@@ -50,24 +51,22 @@ def inspect_inputs(settings: Settings) -> InspectReport:
         "expanded_after_landmark": int(f["exp_event"].fill_null(False).sum()) if f.height else 0,
     }
     fatal = data_shortfall(f.height, churned, excluded)
-    events = _event_profile(inputs.usage.frame, inputs.accounts) if inputs.usage and inputs.usage.kind == "events" \
-        else {}
+    events = _event_profile(inputs.usage.counts, inputs.usage.event_names, inputs.accounts.height) \
+        if inputs.usage and inputs.usage.kind == "events" else {}
     return InspectReport(tuple(fi.to_dict() for fi in inputs.problems.files), accounts, events,
                          tuple(w.to_dict() for w in inputs.problems.warnings), fatal)
 
 
-def _event_profile(events: pl.LazyFrame, accounts: pl.DataFrame) -> dict[str, Any]:
-    per_pair = events.group_by("event", "account_id").agg(
-        pl.len().alias("rows"), pl.col("ts").min().alias("first"), pl.col("ts").max().alias("last"),
-    ).collect(engine="streaming")
-    per_type = per_pair.group_by("event").agg(pl.col("rows").sum(), pl.len().alias("accounts"))
-    per_type = per_type.sort(["rows", "event"], descending=[True, False])
+def _event_profile(counts: UsageCounts, names: tuple[str, ...], n_accounts: int) -> dict[str, Any]:
+    """The event types analysed (`names`), from what the validation scan counted: rows, accounts, times."""
+    per_type = counts.per_event.filter(pl.col("event").is_in(names)).sort(["rows", "event"], descending=[True, False])
     top, rest = per_type.head(TOP_EVENTS), per_type.slice(TOP_EVENTS)
     rows = int(per_type["rows"].sum())
+    with_events = UsageCounts.accounts_in(counts.blocks.filter(pl.col("event").is_in(names)), "__counted_bits")
     return {
         "rows": rows, "event_types": per_type.height,
-        "first": per_pair["first"].min().isoformat() if rows else None,
-        "last": per_pair["last"].max().isoformat() if rows else None,
-        "top": top.to_dicts(), "other_types": rest.height, "other_rows": int(rest["rows"].sum()),
-        "accounts_without_events": accounts.height - per_pair["account_id"].n_unique(),
+        "first": per_type["first"].min().isoformat() if rows else None,
+        "last": per_type["last"].max().isoformat() if rows else None,
+        "top": top.select("event", "rows", "accounts").to_dicts(), "other_types": rest.height,
+        "other_rows": int(rest["rows"].sum()), "accounts_without_events": n_accounts - with_events,
     }

@@ -62,7 +62,9 @@ class UsageCounts:
 
     Rows kept by cleaning: of accounts not in the accounts file (per id: rows, first line); of known
     accounts (rows, accounts with any); after --as-of and before signup (with first lines); per event
-    type (known accounts, up to --as-of); the latest time."""
+    type (known accounts, up to --as-of: rows, accounts, first and last time); the latest time; and
+    `blocks`, the table (from `volumes`) that `per_event` and `known_accounts` come from, for other
+    subsets of event types."""
 
     unknown: pl.DataFrame  # account_id, rows, line
     known_rows: int
@@ -71,8 +73,9 @@ class UsageCounts:
     late_line: int | None
     early: int
     early_line: int | None
-    per_event: pl.DataFrame | None  # event (String), rows
+    per_event: pl.DataFrame | None  # event (String), rows, accounts, first, last
     last: datetime | None
+    blocks: pl.DataFrame  # the result of UsageCounts.volumes
 
     @staticmethod
     def joined(rows: pl.LazyFrame, accounts: pl.DataFrame) -> pl.LazyFrame:
@@ -97,17 +100,29 @@ class UsageCounts:
     @staticmethod
     def volumes(known: pl.LazyFrame, as_of: datetime | None) -> pl.LazyFrame:
         """Over the rows of known accounts (`joined` rows, kept, with an account), per event type (when
-        there is one) and block of 64 accounts (`__word` = __row // 64): the rows up to `as_of`, and the
-        accounts with any row as the bits of a 64-bit word (`__bits`). Its few groups give `of` both the
-        rows per event type and the accounts with usage; a distinct count of the accounts over every row
-        instead made the streamed scan hold rows back (1.2 GB more for a 32M-row log), and cost more."""
+        there is one) and block of 64 accounts (`__word` = __row // 64): the rows up to `as_of` (the rows
+        analysed, `rows`) with their first and last time, and as the bits of a 64-bit word the accounts
+        with any row (`__bits`) and with rows analysed (`__counted_bits`). Its few groups give `of` the
+        figures per event type and the accounts with usage; a distinct count of the accounts over every
+        row instead made the streamed scan hold rows back (1.2 GB more for a 32M-row log), and cost more."""
         schema = known.collect_schema()
-        not_late = pl.col("ts") <= as_of if as_of is not None and "ts" in schema else pl.lit(True)
+        counted = pl.col("ts") <= as_of if as_of is not None and "ts" in schema else pl.lit(True)
         keys = ["event", "__word"] if "event" in schema else ["__word"]
-        blocks = known.select(*keys[:-1], (pl.col("__row") // 64).alias("__word"),
-                              _BIT.gather(pl.col("__row") % 64).alias("__bit"), not_late.alias("__counted"))
-        return blocks.group_by(keys).agg(pl.col("__counted").sum().alias("rows"),
-                                         pl.col("__bit").bitwise_or().alias("__bits"))
+        bit = _BIT.gather(pl.col("__row") % 64)
+        times = [pl.when(counted).then(pl.col("ts")).alias("ts")] if "ts" in schema else []
+        blocks = known.select(*keys[:-1], (pl.col("__row") // 64).alias("__word"), counted.alias("__counted"),
+                              bit.alias("__bit"), pl.when(counted).then(bit).otherwise(0).alias("__counted_bit"),
+                              *times)
+        return blocks.group_by(keys).agg(
+            pl.col("__counted").sum().alias("rows"), pl.col("__bit").bitwise_or().alias("__bits"),
+            pl.col("__counted_bit").bitwise_or().alias("__counted_bits"),
+            *([pl.col("ts").min().alias("first"), pl.col("ts").max().alias("last")] if times else []))
+
+    @staticmethod
+    def accounts_in(blocks: pl.DataFrame, bits: str) -> int:
+        """How many accounts have a bit set in column `bits` of (some rows of) `blocks` (from `volumes`)."""
+        union = blocks.group_by("__word").agg(pl.col(bits).bitwise_or())
+        return int(union.select(pl.col(bits).bitwise_count_ones().sum()).item() or 0)
 
     @classmethod
     def of(cls, totals: dict, volumes: pl.DataFrame, kept_rows: int, last: datetime | None,
@@ -121,17 +136,17 @@ class UsageCounts:
                        .agg(pl.len().alias("rows"), pl.col(LINE).min().alias("line")).collect(engine="streaming"))
         per_event = None
         if "event" in volumes.columns:
-            per_event = (volumes.group_by("event").agg(pl.col("rows").sum()).filter(pl.col("rows") > 0)
-                         .with_columns(pl.col("event").cast(pl.String)))
-        with_usage = volumes.group_by("__word").agg(pl.col("__bits").bitwise_or()).select(
-            pl.col("__bits").bitwise_count_ones().sum()).item()
+            volumes = volumes.with_columns(pl.col("event").cast(pl.String))
+            per_event = volumes.group_by("event").agg(
+                pl.col("rows").sum(), pl.col("__counted_bits").bitwise_count_ones().sum().alias("accounts"),
+                pl.col("first").min(), pl.col("last").max()).filter(pl.col("rows") > 0)
         late, early = totals.get("late") or 0, totals.get("early") or 0
         known = kept.join(accounts.select(ID, "signup").lazy(), on=ID)
         not_late = pl.col("ts") <= as_of if as_of is not None else pl.lit(True)
-        return cls(unknown.with_columns(pl.col(ID).cast(pl.String)), totals["known_rows"] or 0, with_usage or 0,
-                   late, totals.get("late_line"),
+        return cls(unknown.with_columns(pl.col(ID).cast(pl.String)), totals["known_rows"] or 0,
+                   cls.accounts_in(volumes, "__bits"), late, totals.get("late_line"),
                    early, first_line(known, (pl.col("ts") < pl.col("signup")) & not_late)[1] if early else None,
-                   per_event, last)
+                   per_event, last, volumes)
 
 
 @dataclass(frozen=True, slots=True)

@@ -258,6 +258,33 @@ def test_streamed_usage_counts_equal_a_plain_read(tmp_path):
     assert got.get("accounts_without_usage", (0, None))[0] == silent
 
 
+def test_inspect_event_profile_equals_a_plain_read(tmp_path):
+    """`nsm inspect` profiles the event types from the validation scan's counts: the same figures as
+    a group-by of the raw log's analysed rows (known accounts, up to --as-of, the kept event types)."""
+    from datetime import datetime
+
+    from nsm_cli import Settings
+    from nsm_cli.inspect import inspect_inputs
+
+    path = _dirty_log(tmp_path)
+    as_of = datetime(2025, 6, 1)
+    report = inspect_inputs(Settings(accounts=str(BASE / "accounts.csv"), usage=str(path), as_of=as_of, max_events=3))
+    accounts = pl.read_csv(BASE / "accounts.csv", infer_schema=False).select(pl.col("account_id").str.strip_chars())
+    text = pl.col("timestamp").str.strip_chars()
+    ts = pl.coalesce(text.str.to_datetime("%Y-%m-%dT%H:%M:%SZ", strict=False, time_unit="us"),
+                     text.str.to_datetime("%Y-%m-%d", strict=False, time_unit="us"))
+    rows = (pl.read_csv(path, infer_schema=False).with_columns(pl.col("account_id").str.strip_chars(), ts=ts)
+            .join(accounts, on="account_id").filter(pl.col("ts") <= as_of))
+    per_type = rows.group_by("event").agg(pl.len().alias("rows"), pl.col("account_id").n_unique().alias("accounts"))
+    kept = per_type.sort(["rows", "event"], descending=[True, False]).head(3)
+    rows = rows.filter(pl.col("event").is_in(kept["event"].implode()))
+    profile = report.events
+    assert profile["top"] == kept.to_dicts()
+    assert (profile["rows"], profile["event_types"]) == (rows.height, 3)
+    assert (profile["first"], profile["last"]) == (rows["ts"].min().isoformat(), rows["ts"].max().isoformat())
+    assert profile["accounts_without_events"] == report.accounts["in_file"] - rows["account_id"].n_unique()
+
+
 def test_events_taken_in_the_validation_scan_give_the_candidates_of_a_fresh_scan(tmp_path):
     from polars.testing import assert_frame_equal
 
