@@ -282,6 +282,7 @@ def test_inspect_event_profile_equals_a_plain_read(tmp_path):
     assert profile["top"] == kept.to_dicts()
     assert (profile["rows"], profile["event_types"]) == (rows.height, 3)
     assert (profile["first"], profile["last"]) == (rows["ts"].min().isoformat(), rows["ts"].max().isoformat())
+    # every account of the base file loads (none is excluded), so the accounts in the file are those analysed
     assert profile["accounts_without_events"] == report.accounts["in_file"] - rows["account_id"].n_unique()
 
 
