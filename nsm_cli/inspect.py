@@ -35,7 +35,7 @@ class InspectReport:
 def inspect_inputs(settings: Settings) -> InspectReport:
     """Load and check every input; never raises InputError (it becomes `fatal`)."""
     try:
-        inputs = load_inputs(settings, windows=())
+        inputs = load_inputs(settings, windows=(), profile=True)
     except InputError as exc:
         return InspectReport(fatal=str(exc))
     cohort = build_cohort(inputs.accounts, inputs.mrr, settings, inputs.as_of,

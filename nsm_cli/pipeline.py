@@ -53,12 +53,13 @@ class Inputs:
     windowed: WindowedEvents | None  # an event log's rows inside the accounts' windows, taken with the checks
 
 
-def load_inputs(settings: Settings, *, windows: tuple[Settings, ...] | None = None) -> Inputs:
+def load_inputs(settings: Settings, *, windows: tuple[Settings, ...] | None = None, profile: bool = False) -> Inputs:
     """Read and clean every input. An event log's rows inside the observation windows of `windows`
     (default: `settings` alone; none for `()`) are taken in the same scan, so that candidates for
-    those windows need no second read. Encoding errors deep inside a large file become InputError."""
+    those windows need no second read; `profile` also counts accounts and times per event type there
+    (for `nsm inspect`). Encoding errors deep inside a large file become InputError."""
     try:
-        return _load_inputs(settings, (settings,) if windows is None else windows)
+        return _load_inputs(settings, (settings,) if windows is None else windows, profile)
     except pl.exceptions.ComputeError as exc:
         if "utf-8" not in str(exc).lower() and "utf8" not in str(exc).lower():
             raise
@@ -66,7 +67,7 @@ def load_inputs(settings: Settings, *, windows: tuple[Settings, ...] | None = No
                          "the start of a file); re-export it as UTF-8") from None
 
 
-def _load_inputs(settings: Settings, windows: tuple[Settings, ...]) -> Inputs:
+def _load_inputs(settings: Settings, windows: tuple[Settings, ...], profile: bool) -> Inputs:
     problems = Problems()
     accounts_table = read_table(settings.accounts, what="accounts")
     accounts, in_file, segments = clean_accounts(accounts_table, settings, problems)
@@ -86,7 +87,8 @@ def _load_inputs(settings: Settings, windows: tuple[Settings, ...]) -> Inputs:
             def window_rows(known: pl.LazyFrame) -> list[pl.LazyFrame]:
                 return [WindowedEvents.plan(known, windows).sink_ipc(path, lazy=True)]
 
-            usage, frames = clean_usage(usage_table, settings, problems, accounts, also=window_rows if windows else None)
+            usage, frames = clean_usage(usage_table, settings, problems, accounts, also=window_rows if windows else None,
+                                        profile=profile)
             windowed = WindowedEvents.taken(pl.read_ipc(path), accounts, windows) if frames else None
     mrr = clean_mrr(read_table(settings.mrr, what="MRR"), settings, problems) if settings.mrr else None
     as_of = settings.as_of or latest_date(accounts, usage, mrr)

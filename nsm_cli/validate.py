@@ -62,7 +62,8 @@ class UsageCounts:
 
     Rows kept by cleaning: of accounts not in the accounts file (per id: rows, first line); of known
     accounts (rows, accounts with any); after --as-of and before signup (with first lines); per event
-    type (known accounts, up to --as-of: rows, accounts, first and last time); the latest time; and
+    type (known accounts, up to --as-of: rows, and for a profile accounts, first and last time); the
+    latest time; and
     `blocks`, the table (from `volumes`) that `per_event` and `known_accounts` come from, for other
     subsets of event types."""
 
@@ -73,7 +74,7 @@ class UsageCounts:
     late_line: int | None
     early: int
     early_line: int | None
-    per_event: pl.DataFrame | None  # event (String), rows, accounts, first, last
+    per_event: pl.DataFrame | None  # event (String), rows[, accounts, first, last: with `profile`]
     last: datetime | None
     blocks: pl.DataFrame  # the result of UsageCounts.volumes
 
@@ -98,25 +99,26 @@ class UsageCounts:
         return aggs
 
     @staticmethod
-    def volumes(known: pl.LazyFrame, as_of: datetime | None) -> pl.LazyFrame:
+    def volumes(known: pl.LazyFrame, as_of: datetime | None, *, profile: bool = False) -> pl.LazyFrame:
         """Over the rows of known accounts (`joined` rows, kept, with an account), per event type (when
         there is one) and block of 64 accounts (`__word` = __row // 64): the rows up to `as_of` (the rows
-        analysed, `rows`) with their first and last time, and as the bits of a 64-bit word the accounts
-        with any row (`__bits`) and with rows analysed (`__counted_bits`). Its few groups give `of` the
-        figures per event type and the accounts with usage; a distinct count of the accounts over every
-        row instead made the streamed scan hold rows back (1.2 GB more for a 32M-row log), and cost more."""
+        analysed, `rows`) and, as the bits of a 64-bit word, the accounts with any row (`__bits`). Its few
+        groups give `of` the rows per event type and the accounts with usage; a distinct count of the
+        accounts over every row instead made the streamed scan hold rows back (1.2 GB more for a 32M-row
+        log), and cost more. `profile` (for `nsm inspect`) adds the accounts with rows analysed
+        (`__counted_bits`) and the first and last time of those rows."""
         schema = known.collect_schema()
         counted = pl.col("ts") <= as_of if as_of is not None and "ts" in schema else pl.lit(True)
         keys = ["event", "__word"] if "event" in schema else ["__word"]
         bit = _BIT.gather(pl.col("__row") % 64)
-        times = [pl.when(counted).then(pl.col("ts")).alias("ts")] if "ts" in schema else []
-        blocks = known.select(*keys[:-1], (pl.col("__row") // 64).alias("__word"), counted.alias("__counted"),
-                              bit.alias("__bit"), pl.when(counted).then(bit).otherwise(0).alias("__counted_bit"),
-                              *times)
-        return blocks.group_by(keys).agg(
-            pl.col("__counted").sum().alias("rows"), pl.col("__bit").bitwise_or().alias("__bits"),
-            pl.col("__counted_bit").bitwise_or().alias("__counted_bits"),
-            *([pl.col("ts").min().alias("first"), pl.col("ts").max().alias("last")] if times else []))
+        columns, aggs = [counted.alias("__counted"), bit.alias("__bit")], [pl.col("__counted").sum().alias("rows"),
+                                                                             pl.col("__bit").bitwise_or().alias("__bits")]
+        if profile:
+            columns += [pl.when(counted).then(bit).otherwise(0).alias("__counted_bit"),
+                        pl.when(counted).then(pl.col("ts")).alias("ts")]
+            aggs += [pl.col("__counted_bit").bitwise_or().alias("__counted_bits"), pl.col("ts").min().alias("first"),
+                     pl.col("ts").max().alias("last")]
+        return known.select(*keys[:-1], (pl.col("__row") // 64).alias("__word"), *columns).group_by(keys).agg(aggs)
 
     @staticmethod
     def accounts_in(blocks: pl.DataFrame, bits: str) -> int:
@@ -137,9 +139,9 @@ class UsageCounts:
         per_event = None
         if "event" in volumes.columns:
             volumes = volumes.with_columns(pl.col("event").cast(pl.String))
-            per_event = volumes.group_by("event").agg(
-                pl.col("rows").sum(), pl.col("__counted_bits").bitwise_count_ones().sum().alias("accounts"),
-                pl.col("first").min(), pl.col("last").max()).filter(pl.col("rows") > 0)
+            profile = [pl.col("__counted_bits").bitwise_count_ones().sum().alias("accounts"), pl.col("first").min(),
+                       pl.col("last").max()] if "__counted_bits" in volumes.columns else []
+            per_event = volumes.group_by("event").agg(pl.col("rows").sum(), *profile).filter(pl.col("rows") > 0)
         late, early = totals.get("late") or 0, totals.get("early") or 0
         known = kept.join(accounts.select(ID, "signup").lazy(), on=ID)
         not_late = pl.col("ts") <= as_of if as_of is not None else pl.lit(True)
@@ -396,7 +398,7 @@ ExtraPlans = Callable[[pl.LazyFrame], list[pl.LazyFrame]]
 
 
 def clean_events(table: Table, settings: Settings, problems: Problems, accounts: pl.DataFrame, *,
-                 also: ExtraPlans | None = None) -> tuple[Usage, list[pl.DataFrame]]:
+                 also: ExtraPlans | None = None, profile: bool = False) -> tuple[Usage, list[pl.DataFrame]]:
     """Event log -> account_id, ts, event[, user_id][, value]; bad rows dropped and counted.
 
     One streaming scan takes every count the checks and `restrict_usage` need, and the results of
@@ -420,7 +422,8 @@ def clean_events(table: Table, settings: Settings, problems: Problems, accounts:
         checks = _event_checks(joined, user_col is not None, value_col is not None,
                                UsageCounts.totals(_KEPT, settings.as_of))
         checks, volumes, *extra_frames = pl.collect_all(
-            [checks, UsageCounts.volumes(known, settings.as_of), *(also(known) if also else [])], engine="streaming")
+            [checks, UsageCounts.volumes(known, settings.as_of, profile=profile), *(also(known) if also else [])],
+            engine="streaming")
         found = checks.row(0, named=True)
         counts = UsageCounts.of(found, volumes, found["kept"], found["kept_last"], kept, accounts, settings.as_of)
         if careful or not (found["bad_ts"] or found.get("dirty_user") or _needs_cleaning(counts.per_event["event"])
@@ -514,15 +517,16 @@ def clean_periodic(table: Table, settings: Settings, problems: Problems, account
 
 
 def clean_usage(table: Table, settings: Settings, problems: Problems, accounts: pl.DataFrame, *,
-                also: ExtraPlans | None = None) -> tuple[Usage, list[pl.DataFrame]]:
+                also: ExtraPlans | None = None, profile: bool = False) -> tuple[Usage, list[pl.DataFrame]]:
     """Detect the usage shape from its columns and clean it (`accounts`: the clean accounts). For an
     event log, `also` gets the rows of known accounts and returns plans collected in the same scan
-    (their results come back in order); the other shapes ignore it."""
+    (their results come back in order), and `profile` counts accounts and times per event type too
+    (`UsageCounts.volumes`); the other shapes ignore both."""
     cols = settings.columns
     has_event = find_column(table, "event", override=cols.get("event"), required=False)
     ts = find_column(table, "timestamp", override=cols.get("timestamp"), required=False)
     if has_event and ts:
-        return clean_events(table, settings, problems, accounts, also=also)
+        return clean_events(table, settings, problems, accounts, also=also, profile=profile)
     date_col = find_column(table, "date", override=cols.get("date"), required=False) or ts
     return clean_periodic(table, settings, problems, accounts, date_col=date_col), []
 
