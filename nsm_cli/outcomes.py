@@ -46,8 +46,9 @@ def derive_from_mrr(accounts: pl.DataFrame, mrr: pl.DataFrame, settings: Setting
     """Fill churn (MRR drops to 0 and stays) and expansion (MRR >= (1+min) x MRR at landmark).
 
     Also adds `exp_amount`: the highest MRR after the landmark minus MRR at the landmark (>= 0).
+    One lazy plan, collected once: polars runs its independent group-bys side by side.
     """
-    windows = accounts.select(ID, "landmark")
+    windows, mrr = accounts.lazy().select(ID, "landmark"), mrr.lazy()
     last = mrr.group_by(ID).agg(pl.col("mrr").last().alias("last_mrr"), pl.col("ts").last().alias("last_ts"))
     nonzero_end = mrr.filter(pl.col("mrr") > 0).group_by(ID).agg(pl.col("ts").max().alias("last_paid"))
     zero_start = (
@@ -67,7 +68,7 @@ def derive_from_mrr(accounts: pl.DataFrame, mrr: pl.DataFrame, settings: Setting
             (pl.col("mrr").max() - pl.col("base_mrr").first()).clip(lower_bound=0).alias("exp_amount"),
         )
     )
-    out = accounts.join(last, on=ID, how="left").join(zero_start, on=ID, how="left")
+    out = accounts.lazy().join(last, on=ID, how="left").join(zero_start, on=ID, how="left")
     out = out.join(baseline, on=ID, how="left").join(after, on=ID, how="left")
     if need_churn:
         out = out.with_columns(churn=pl.when(pl.col("last_mrr") == 0).then(pl.col("mrr_churn")))
@@ -78,7 +79,7 @@ def derive_from_mrr(accounts: pl.DataFrame, mrr: pl.DataFrame, settings: Setting
         )
     out = out.with_columns(exp_amount=pl.when(pl.col("base_mrr").is_not_null()).then(
         pl.col("exp_amount").fill_null(0.0)))
-    return out.drop("last_mrr", "last_ts", "mrr_churn", "base_mrr", "mrr_expansion")
+    return out.drop("last_mrr", "last_ts", "mrr_churn", "base_mrr", "mrr_expansion").collect()
 
 
 def window_bounds(settings: Settings) -> dict[str, pl.Expr]:
