@@ -63,9 +63,8 @@ class UsageCounts:
     Rows kept by cleaning: of accounts not in the accounts file (per id: rows, first line); of known
     accounts (rows, accounts with any); after --as-of and before signup (with first lines); per event
     type (known accounts, up to --as-of: rows, and for a profile accounts, first and last time); the
-    latest time; and
-    `blocks`, the table (from `volumes`) that `per_event` and `known_accounts` come from, for other
-    subsets of event types."""
+    latest time; and `blocks`, the table (from `volumes`) that `per_event` and `known_accounts` come
+    from, for other subsets of event types."""
 
     unknown: pl.DataFrame  # account_id, rows, line
     known_rows: int
