@@ -312,18 +312,16 @@ def _popcount(v):
 
 
 @_jit
-def group_by_account(row, n_accounts, source, offset, user, user_ok, value):
-    """The events' columns with each account's rows together, in their original order (a counting
-    sort): account a's rows are starts[a] to starts[a + 1]. Empty `user` and `value` stay empty.
-    Returns starts, then the columns in the order given."""
-    starts = np.zeros(n_accounts + 1, np.int64)
+def _account_counts(row, n_accounts):
+    counts = np.zeros(n_accounts, np.int64)
     for i in range(len(row)):
-        starts[row[i] + 1] += 1
-    for a in range(n_accounts):
-        starts[a + 1] += starts[a]
-    fill = starts[:-1].copy()
-    out_source, out_offset = np.empty_like(source), np.empty_like(offset)
-    out_user, out_ok, out_value = np.empty_like(user), np.empty_like(user_ok), np.empty_like(value)
+        counts[row[i]] += 1
+    return counts
+
+
+@_jit
+def _place(row, fill, source, offset, user, user_ok, value, out_source, out_offset, out_user, out_ok, out_value):
+    """Writes each row's columns at position fill[its account] of the outputs (advancing it)."""
     for i in range(len(row)):
         j = fill[row[i]]
         fill[row[i]] = j + 1
@@ -332,7 +330,27 @@ def group_by_account(row, n_accounts, source, offset, user, user_ok, value):
             out_user[j], out_ok[j] = user[i], user_ok[i]
         if len(value):
             out_value[j] = value[i]
-    return starts, out_source, out_offset, out_user, out_ok, out_value
+
+
+def group_by_account(row, n_accounts, source, offset, user, user_ok, value):
+    """The events' columns with each account's rows together, in their original order (a counting
+    sort: each core counts its share of the rows per account, then places them): account a's rows are
+    starts[a] to starts[a + 1]. Empty `user` and `value` stay empty. Returns starts, then the columns
+    in the order given."""
+    cuts = np.linspace(0, len(row), _workers() + 1).astype(np.int64)
+    shares = np.column_stack([cuts[:-1], cuts[1:]])  # a share of the rows per core
+    columns = (source, offset, user, user_ok, value)
+    counts = np.vstack(by_rows(lambda share: _account_counts(row[share[0, 0]:share[0, 1]], n_accounts)[None], shares))
+    starts = np.r_[0, np.cumsum(counts.sum(axis=0))]
+    fills = starts[:-1] + np.cumsum(counts, axis=0) - counts  # where each share's rows of each account begin
+    out = tuple(np.empty_like(c) for c in columns)
+
+    def place(share: np.ndarray, fill: np.ndarray) -> None:
+        lo, hi = share[0]
+        _place(row[lo:hi], fill[0], *(c[lo:hi] for c in columns), *out)
+
+    by_rows(place, shares, fills)
+    return (starts, *out)
 
 
 @_jit

@@ -200,13 +200,16 @@ def test_config_candidate_of_absent_events_is_all_fill_values_and_names_must_be_
         _build([CandidateSpec("share.count", events=("share",))])
 
 
-@pytest.mark.parametrize("seed", [0, 1])
-def test_grouped_event_tables_count_users_like_python_sets(seed):
+@pytest.mark.parametrize("seed,workers", [(0, 1), (1, 3)])
+def test_grouped_event_tables_count_users_like_python_sets(monkeypatch, seed, workers):
     """The compiled per-account pass against Python sets, with accounts of many rows and few distinct
-    users (so the user set's slots collide and probe), rows in no order, and an account with none."""
+    users (so the user set's slots collide and probe), rows in no order, and an account with none; the
+    rows grouped by one core or by three (each placing its share)."""
     import numpy as np
 
     from nsm_cli import kernels
+
+    monkeypatch.setattr(kernels, "_workers", lambda: workers)
 
     rng = np.random.default_rng(seed)
     n, n_accounts, n_src = 5000, 40, 3
@@ -228,6 +231,8 @@ def test_grouped_event_tables_count_users_like_python_sets(seed):
             assert first[a, cell] == (offset[mine].min() if mine.any() else 31.0)
             assert users[a, cell] == len(set(user[mine & user_ok].tolist()))
             assert total[a, cell] == pytest.approx(value[mine].sum(), rel=1e-12, abs=1e-12)
+    grouped_offset = columns[1]
+    assert (grouped_offset == offset[np.argsort(row, kind="stable")]).all()  # each account's rows in their order
 
 
 def test_only_one_event_types_candidates_equal_those_of_the_full_set(monkeypatch):
