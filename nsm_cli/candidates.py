@@ -118,9 +118,10 @@ class WindowedEvents:
         """The result of `plan` over `accounts` (account_id, signup; `__row` = row here)."""
         return cls(rows, accounts.select(ID, **WindowedEvents.union(variants)))
 
-    def of_cohort(self, cohort: pl.DataFrame, sources: list[str]) -> pl.DataFrame | None:
-        """The events of `cohort`'s accounts inside its windows and of the types in `sources`, `__row`
-        = the account's row in `cohort`; None when a cohort window reaches outside the rows taken."""
+    def of_cohort(self, cohort: pl.DataFrame) -> tuple[pl.DataFrame, np.ndarray] | None:
+        """The events of `cohort`'s accounts inside its windows, and the map from their `__row` to rows of
+        `cohort` (-1: an account not in it); None when a cohort window reaches outside the rows taken.
+        When the windows taken are the cohort's, these are the rows taken as they are (no copy)."""
         position = self.bounds.select(ID, taken_start="window_start", taken_end="landmark").with_row_index("__row")
         spans = cohort.select(ID, "window_start", "landmark").with_row_index("__c").join(position, on=ID, how="left")
         if spans.select((pl.col("__row").is_null() | (pl.col("window_start") < pl.col("taken_start"))
@@ -128,39 +129,42 @@ class WindowedEvents:
             return None
         cohort_row = np.full(self.bounds.height, -1, np.int64)  # the taken rows' accounts renumbered to cohort rows
         cohort_row[spans["__row"].to_numpy()] = spans["__c"].to_numpy()
-        renumbered = pl.Series("__row", cohort_row[self.rows["__row"].to_numpy()])
-        rows = self.rows.with_columns(renumbered).filter(pl.col("event").is_in(sources) & (pl.col("__row") >= 0))
         if spans.select((pl.col("window_start") == pl.col("taken_start")).all()
                         & (pl.col("landmark") == pl.col("taken_end")).all()).item():
-            return rows.with_columns(pl.col("__row").cast(pl.UInt32))  # the windows taken are the cohort's
+            return self.rows, cohort_row  # the windows taken are the cohort's
+        renumbered = pl.Series("__row", cohort_row[self.rows["__row"].to_numpy()])
+        rows = self.rows.lazy().with_columns(renumbered).filter(pl.col("__row") >= 0)
         window = {c: pl.lit(cohort[c]).gather(pl.col("__row")) for c in ("window_start", "landmark")}
-        return in_window(rows.lazy().with_columns(**window)).with_columns(pl.col("__row").cast(pl.UInt32)).collect()
+        rows = in_window(rows.with_columns(**window)).with_columns(pl.col("__row").cast(pl.UInt32)).collect()
+        return rows, np.arange(cohort.height)
 
 
 def _event_tables(usage: Usage, events: pl.DataFrame, n_accounts: int, sources: list[str],
-                  window_days: float) -> dict[str, np.ndarray]:
+                  window_days: float, renumber: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Every aggregation as one (accounts, 1 + sources) array: column 0 over all events together, then
     one column per source in `sources` order; rows in cohort order; the fill value where an account
-    has no such event.
+    has no such event. An event counts when its type is in `sources` and its account (`renumber`
+    [__row], default __row) is not negative.
 
-    The rows are grouped by account (a counting sort), then one compiled pass over each account's rows
-    (`kernels.event_tables`, the accounts split over the cores) takes every aggregation of every cell."""
+    The rows are grouped by account (a counting sort, which leaves the other events out), then one
+    compiled pass over each account's rows (`kernels.event_tables`, the accounts split over the cores)
+    takes every aggregation of every cell."""
     offset = events["__offset"].to_numpy()
     n_days = int(offset.max()) + 1 if len(offset) else 1
     event = events["event"].cast(pl.Categorical)  # codes are local to a column: read them with their names
     present = event.unique()
-    lookup = np.zeros(int(present.to_physical().max() or 0) + 1, dtype=np.int64)
+    source_of = np.full(int(present.to_physical().max() or 0) + 1, -1, dtype=np.int32)
     position = {name: i for i, name in enumerate(sources)}
-    lookup[present.to_physical().to_numpy()] = [position[name] for name in present.cast(pl.String)]
-    source = lookup[event.to_physical().to_numpy()]
+    source_of[present.to_physical().to_numpy()] = [position.get(name, -1) for name in present.cast(pl.String)]
     user, user_ok = np.empty(0, np.uint64), np.empty(0, bool)
     if usage.has_user:
         hashed = events["user_id"]  # validate keeps a 64-bit hash of the text: only distinct users are counted
         hashed = hashed if hashed.dtype == pl.UInt64 else hashed.hash(seed=0).set(hashed.is_null(), None)
         user, user_ok = hashed.fill_null(0).to_numpy(), hashed.is_not_null().to_numpy()
     value = events["value"].cast(pl.Float64).fill_null(0.0).to_numpy() if usage.has_value else np.empty(0)
-    starts, *columns = kernels.group_by_account(events["__row"].to_numpy(), n_accounts, source, offset, user,
-                                                user_ok, value)
+    renumber = np.arange(n_accounts) if renumber is None else renumber
+    starts, *columns = kernels.group_by_account(events["__row"].to_numpy(), renumber, event.to_physical().to_numpy(),
+                                                source_of, n_accounts, offset, user, user_ok, value)
     n_src = max(len(sources), 1)
     parts = kernels.by_rows(lambda spans: kernels.event_tables(spans, *columns, n_src, n_days, window_days + 1.0),
                           np.column_stack([starts[:-1], starts[1:]]))
@@ -185,11 +189,12 @@ def build_event_candidates(usage: Usage, cohort: pl.DataFrame, settings: Setting
     mapping, warnings = slugs_for(names)
     single = [src for src in names for agg in AGGREGATIONS if only == f"{mapping[src]}.{agg}"]
     sources = single or names
-    events = windowed.of_cohort(cohort, sources) if windowed is not None else None
-    if events is None:
+    taken = windowed.of_cohort(cohort) if windowed is not None else None
+    if taken is None:
         rows = windowed_events(usage, cohort).drop(ID)
-        events = (rows.filter(pl.col("event").is_in(sources)) if single else rows).collect(engine="streaming")
-    tables = _event_tables(usage, events, cohort.height, sources, settings.window_days)
+        taken = (rows.filter(pl.col("event").is_in(sources)) if single else rows).collect(engine="streaming"), None
+    events, renumber = taken
+    tables = _event_tables(usage, events, cohort.height, sources, settings.window_days, renumber)
     aggs = list(tables)
     slugs = [mapping[src] for src in sources]
     candidates = [Candidate(f"{slug}.{agg}", src, agg, "events") for src, slug in zip(sources, slugs, strict=True)
@@ -204,7 +209,7 @@ def build_event_candidates(usage: Usage, cohort: pl.DataFrame, settings: Setting
         if spec.name in columns:
             raise UsageError(f"candidate {spec.name}: the name is taken by a built-in candidate; choose another")
         if spec.ratio is None:
-            columns[spec.name] = _config_metric(spec, usage, events, cohort.height, settings.window_days)
+            columns[spec.name] = _config_metric(spec, usage, events, renumber, cohort.height, settings.window_days)
     table = pl.DataFrame({ID: cohort[ID], **columns})
     metrics, candidates = _add_ratios(table, [*candidates, *configured], settings.candidates)
     return _finish(metrics, candidates, warnings, settings.window_days)
@@ -218,9 +223,10 @@ def _config_candidates(specs: tuple[CandidateSpec, ...]) -> list[Candidate]:
     ]
 
 
-def _config_metric(spec: CandidateSpec, usage: Usage, events: pl.DataFrame, n_accounts: int,
-                   window_days: float) -> np.ndarray:
-    """A `[[candidate]]` metric: its events (and filter) taken together, aggregated like any event."""
+def _config_metric(spec: CandidateSpec, usage: Usage, events: pl.DataFrame, renumber: np.ndarray | None,
+                   n_accounts: int, window_days: float) -> np.ndarray:
+    """A `[[candidate]]` metric: its events (and filter) taken together, aggregated like any event
+    (`renumber`: as for `_event_tables`)."""
     chosen = events.lazy().filter(pl.col("event").is_in(list(spec.events)))
     if spec.filter:
         try:
@@ -233,7 +239,7 @@ def _config_metric(spec: CandidateSpec, usage: Usage, events: pl.DataFrame, n_ac
         raise UsageError(f"candidate {spec.name}: cannot use filter {spec.filter!r}: "
                          f"{str(exc).splitlines()[0]}; filters can use event, value and ts "
                          "(user ids are hashed)") from None
-    tables = _event_tables(usage, rows, n_accounts, sorted(set(spec.events)), window_days)
+    tables = _event_tables(usage, rows, n_accounts, sorted(set(spec.events)), window_days, renumber)
     if spec.aggregation not in tables:
         raise UsageError(f"candidate {spec.name}: aggregation {spec.aggregation!r} needs a column the usage "
                          "data does not have (users/per_user need user_id, sum needs value)")

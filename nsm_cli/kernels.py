@@ -312,42 +312,57 @@ def _popcount(v):
 
 
 @_jit
-def _account_counts(row, n_accounts):
+def _account_counts(account, renumber, code, source_of, n_accounts):
+    """Rows per account (`renumber`[account]) among the rows kept: renumber and source_of[code] >= 0."""
     counts = np.zeros(n_accounts, np.int64)
-    for i in range(len(row)):
-        counts[row[i]] += 1
+    for i in range(len(account)):
+        a = renumber[account[i]]
+        if a >= 0 and source_of[code[i]] >= 0:
+            counts[a] += 1
     return counts
 
 
 @_jit
-def _place(row, fill, source, offset, user, user_ok, value, out_source, out_offset, out_user, out_ok, out_value):
-    """Writes each row's columns at position fill[its account] of the outputs (advancing it)."""
-    for i in range(len(row)):
-        j = fill[row[i]]
-        fill[row[i]] = j + 1
-        out_source[j], out_offset[j] = source[i], offset[i]
+def _place(account, renumber, code, source_of, fill, offset, user, user_ok, value, out_source, out_offset, out_user,
+           out_ok, out_value):
+    """Writes each kept row's source and columns at position fill[its account] of the outputs (advancing it)."""
+    for i in range(len(account)):
+        a, s = renumber[account[i]], source_of[code[i]]
+        if a < 0 or s < 0:
+            continue
+        j = fill[a]
+        fill[a] = j + 1
+        out_source[j], out_offset[j] = s, offset[i]
         if len(user):
             out_user[j], out_ok[j] = user[i], user_ok[i]
         if len(value):
             out_value[j] = value[i]
 
 
-def group_by_account(row, n_accounts, source, offset, user, user_ok, value):
+def group_by_account(account, renumber, code, source_of, n_accounts, offset, user, user_ok, value):
     """The events' columns with each account's rows together, in their original order (a counting
-    sort: each core counts its share of the rows per account, then places them): account a's rows are
-    starts[a] to starts[a + 1]. Empty `user` and `value` stay empty. Returns starts, then the columns
+    sort: each core counts its share of the rows per account, then places them). A row's account is
+    renumber[account] and its source source_of[code]; rows where either is negative are left out, so
+    that the caller needs no filtered copy of its columns. Account a's rows are starts[a] to
+    starts[a + 1]. Empty `user` and `value` stay empty. Returns starts, the sources, then the columns
     in the order given."""
-    cuts = np.linspace(0, len(row), _workers() + 1).astype(np.int64)
+    cuts = np.linspace(0, len(account), _workers() + 1).astype(np.int64)
     shares = np.column_stack([cuts[:-1], cuts[1:]])  # a share of the rows per core
-    columns = (source, offset, user, user_ok, value)
-    counts = np.vstack(by_rows(lambda share: _account_counts(row[share[0, 0]:share[0, 1]], n_accounts)[None], shares))
+
+    def share_counts(share: np.ndarray) -> np.ndarray:
+        lo, hi = share[0]
+        return _account_counts(account[lo:hi], renumber, code[lo:hi], source_of, n_accounts)[None]
+
+    counts = np.vstack(by_rows(share_counts, shares))
     starts = np.r_[0, np.cumsum(counts.sum(axis=0))]
     fills = starts[:-1] + np.cumsum(counts, axis=0) - counts  # where each share's rows of each account begin
-    out = tuple(np.empty_like(c) for c in columns)
+    kept = int(starts[-1])
+    columns = (offset, user, user_ok, value)
+    out = (np.empty(kept, source_of.dtype), *(np.empty(kept if len(c) else 0, c.dtype) for c in columns))
 
     def place(share: np.ndarray, fill: np.ndarray) -> None:
         lo, hi = share[0]
-        _place(row[lo:hi], fill[0], *(c[lo:hi] for c in columns), *out)
+        _place(account[lo:hi], renumber, code[lo:hi], source_of, fill[0], *(c[lo:hi] for c in columns), *out)
 
     by_rows(place, shares, fills)
     return (starts, *out)

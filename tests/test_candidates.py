@@ -204,7 +204,8 @@ def test_config_candidate_of_absent_events_is_all_fill_values_and_names_must_be_
 def test_grouped_event_tables_count_users_like_python_sets(monkeypatch, seed, workers):
     """The compiled per-account pass against Python sets, with accounts of many rows and few distinct
     users (so the user set's slots collide and probe), rows in no order, and an account with none; the
-    rows grouped by one core or by three (each placing its share)."""
+    rows grouped by one core or by three (each placing its share), renumbered from the accounts taken
+    to the cohort's (some taken accounts are not in it) and with the events of one type left out."""
     import numpy as np
 
     from nsm_cli import kernels
@@ -213,18 +214,24 @@ def test_grouped_event_tables_count_users_like_python_sets(monkeypatch, seed, wo
 
     rng = np.random.default_rng(seed)
     n, n_accounts, n_src = 5000, 40, 3
-    row = rng.integers(0, n_accounts - 1, n)  # the last account has no rows
-    source = rng.integers(0, n_src, n)
+    renumber = np.r_[rng.permutation(n_accounts - 1), -1, -1]  # taken account -> cohort row; the last has no rows
+    taken = rng.integers(0, len(renumber), n)
+    code = rng.integers(0, n_src + 1, n)  # code 2 is a type left out; the others are sources 0, 1, 2
+    source_of = np.array([1, 0, -1, 2], np.int32)
     offset = rng.uniform(0, 30, n)
     user = rng.integers(0, 2**63, 60, dtype=np.uint64)[rng.integers(0, 60, n)]
     user_ok = rng.random(n) > 0.1
     value = rng.normal(size=n)
-    starts, *columns = kernels.group_by_account(row, n_accounts, source, offset, user, user_ok, value)
+    starts, *columns = kernels.group_by_account(taken, renumber, code, source_of, n_accounts, offset, user, user_ok,
+                                                value)
     count, days, weeks, first, users, total = kernels.event_tables(
         np.column_stack([starts[:-1], starts[1:]]), *columns, n_src, 30, 31.0)
+    row, source = renumber[taken], source_of[code]
+    kept = (row >= 0) & (source >= 0)
+    assert starts[-1] == kept.sum()
     for a in range(n_accounts):
         for cell in range(1 + n_src):
-            mine = (row == a) & ((source == cell - 1) | (cell == 0))
+            mine = kept & (row == a) & ((source == cell - 1) | (cell == 0))
             assert count[a, cell] == mine.sum()
             assert days[a, cell] == len(set(offset[mine].astype(int)))
             assert weeks[a, cell] == len(set(offset[mine].astype(int) // 7))
@@ -232,7 +239,8 @@ def test_grouped_event_tables_count_users_like_python_sets(monkeypatch, seed, wo
             assert users[a, cell] == len(set(user[mine & user_ok].tolist()))
             assert total[a, cell] == pytest.approx(value[mine].sum(), rel=1e-12, abs=1e-12)
     grouped_offset = columns[1]
-    assert (grouped_offset == offset[np.argsort(row, kind="stable")]).all()  # each account's rows in their order
+    in_order = np.argsort(np.where(kept, row, n_accounts), kind="stable")[:kept.sum()]
+    assert (grouped_offset == offset[in_order]).all()  # each account's rows in their order
 
 
 def test_only_one_event_types_candidates_equal_those_of_the_full_set(monkeypatch):
