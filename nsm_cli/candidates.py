@@ -77,10 +77,9 @@ def _fill_value(aggregation: str, window_days: float) -> float:
 
 def in_window(rows: pl.LazyFrame) -> pl.LazyFrame:
     """Usage rows (with their account's `window_start` and `landmark`) inside [window_start,
-    landmark), with `__offset` in days; the bounds themselves dropped."""
+    landmark); the bounds themselves dropped."""
     return (
         rows.filter((pl.col("ts") >= pl.col("window_start")) & (pl.col("ts") < pl.col("landmark")))
-        .with_columns(__offset=(pl.col("ts") - pl.col("window_start")).dt.total_microseconds() / 86_400_000_000)
         .drop("window_start", "landmark", "signup", LINE, strict=False)
     )
 
@@ -98,7 +97,7 @@ class WindowedEvents:
     per account (`__row` indexes `bounds`), the events in the union of the windows of one or more
     settings. Any cohort whose windows lie inside those bounds is served from these rows."""
 
-    rows: pl.DataFrame  # __row, event, ts[, user_id][, value], __offset
+    rows: pl.DataFrame  # __row, event, ts[, user_id][, value]
     bounds: pl.DataFrame  # account_id, window_start, landmark
 
     @staticmethod
@@ -139,18 +138,20 @@ class WindowedEvents:
         return rows, np.arange(cohort.height)
 
 
-def _event_tables(usage: Usage, events: pl.DataFrame, n_accounts: int, sources: list[str],
+def _event_tables(usage: Usage, events: pl.DataFrame, cohort: pl.DataFrame, sources: list[str],
                   window_days: float, renumber: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Every aggregation as one (accounts, 1 + sources) array: column 0 over all events together, then
-    one column per source in `sources` order; rows in cohort order; the fill value where an account
+    one column per source in `sources` order; rows in `cohort` order; the fill value where an account
     has no such event. An event counts when its type is in `sources` and its account (`renumber`
     [__row], default __row) is not negative.
 
-    The rows are grouped by account (a counting sort, which leaves the other events out), then one
-    compiled pass over each account's rows (`kernels.event_tables`, the accounts split over the cores)
-    takes every aggregation of every cell."""
-    offset = events["__offset"].to_numpy()
-    n_days = int(offset.max()) + 1 if len(offset) else 1
+    The rows are grouped by account (a counting sort, which leaves the other events out and takes each
+    event's offset in days from its account's `window_start`), then one compiled pass over each
+    account's rows (`kernels.event_tables`, the accounts split over the cores) takes every aggregation
+    of every cell."""
+    n_accounts = cohort.height
+    ts = events["ts"].cast(pl.Datetime("us")).to_physical().to_numpy()
+    window_start = cohort["window_start"].cast(pl.Datetime("us")).to_physical().to_numpy()
     event = events["event"].cast(pl.Categorical)  # codes are local to a column: read them with their names
     present = event.unique()
     source_of = np.full(int(present.to_physical().max() or 0) + 1, -1, dtype=np.int32)
@@ -164,7 +165,9 @@ def _event_tables(usage: Usage, events: pl.DataFrame, n_accounts: int, sources: 
     value = events["value"].cast(pl.Float64).fill_null(0.0).to_numpy() if usage.has_value else np.empty(0)
     renumber = np.arange(n_accounts) if renumber is None else renumber
     starts, *columns = kernels.group_by_account(events["__row"].to_numpy(), renumber, event.to_physical().to_numpy(),
-                                                source_of, n_accounts, offset, user, user_ok, value)
+                                                source_of, window_start, ts, user, user_ok, value)
+    offset = columns[1]
+    n_days = int(offset.max()) + 1 if len(offset) else 1
     n_src = max(len(sources), 1)
     parts = kernels.by_rows(lambda spans: kernels.event_tables(spans, *columns, n_src, n_days, window_days + 1.0),
                           np.column_stack([starts[:-1], starts[1:]]))
@@ -194,7 +197,7 @@ def build_event_candidates(usage: Usage, cohort: pl.DataFrame, settings: Setting
         rows = windowed_events(usage, cohort).drop(ID)
         taken = (rows.filter(pl.col("event").is_in(sources)) if single else rows).collect(engine="streaming"), None
     events, renumber = taken
-    tables = _event_tables(usage, events, cohort.height, sources, settings.window_days, renumber)
+    tables = _event_tables(usage, events, cohort, sources, settings.window_days, renumber)
     aggs = list(tables)
     slugs = [mapping[src] for src in sources]
     candidates = [Candidate(f"{slug}.{agg}", src, agg, "events") for src, slug in zip(sources, slugs, strict=True)
@@ -209,7 +212,7 @@ def build_event_candidates(usage: Usage, cohort: pl.DataFrame, settings: Setting
         if spec.name in columns:
             raise UsageError(f"candidate {spec.name}: the name is taken by a built-in candidate; choose another")
         if spec.ratio is None:
-            columns[spec.name] = _config_metric(spec, usage, events, renumber, cohort.height, settings.window_days)
+            columns[spec.name] = _config_metric(spec, usage, events, renumber, cohort, settings.window_days)
     table = pl.DataFrame({ID: cohort[ID], **columns})
     metrics, candidates = _add_ratios(table, [*candidates, *configured], settings.candidates)
     return _finish(metrics, candidates, warnings, settings.window_days)
@@ -224,7 +227,7 @@ def _config_candidates(specs: tuple[CandidateSpec, ...]) -> list[Candidate]:
 
 
 def _config_metric(spec: CandidateSpec, usage: Usage, events: pl.DataFrame, renumber: np.ndarray | None,
-                   n_accounts: int, window_days: float) -> np.ndarray:
+                   cohort: pl.DataFrame, window_days: float) -> np.ndarray:
     """A `[[candidate]]` metric: its events (and filter) taken together, aggregated like any event
     (`renumber`: as for `_event_tables`)."""
     chosen = events.lazy().filter(pl.col("event").is_in(list(spec.events)))
@@ -239,7 +242,7 @@ def _config_metric(spec: CandidateSpec, usage: Usage, events: pl.DataFrame, renu
         raise UsageError(f"candidate {spec.name}: cannot use filter {spec.filter!r}: "
                          f"{str(exc).splitlines()[0]}; filters can use event, value and ts "
                          "(user ids are hashed)") from None
-    tables = _event_tables(usage, rows, n_accounts, sorted(set(spec.events)), window_days, renumber)
+    tables = _event_tables(usage, rows, cohort, sorted(set(spec.events)), window_days, renumber)
     if spec.aggregation not in tables:
         raise UsageError(f"candidate {spec.name}: aggregation {spec.aggregation!r} needs a column the usage "
                          "data does not have (users/per_user need user_id, sum needs value)")

@@ -322,30 +322,36 @@ def _account_counts(account, renumber, code, source_of, n_accounts):
     return counts
 
 
+_DAYS_PER_US = 1.0 / 86_400_000_000  # multiplied, as polars divides a column by a number: the same days
+
+
 @_jit
-def _place(account, renumber, code, source_of, fill, offset, user, user_ok, value, out_source, out_offset, out_user,
-           out_ok, out_value):
-    """Writes each kept row's source and columns at position fill[its account] of the outputs (advancing it)."""
+def _place(account, renumber, code, source_of, fill, start, ts, user, user_ok, value, out_source, out_offset,
+           out_user, out_ok, out_value):
+    """Writes each kept row's source, offset in days (from its account's start) and columns at position
+    fill[its account] of the outputs (advancing it)."""
     for i in range(len(account)):
         a, s = renumber[account[i]], source_of[code[i]]
         if a < 0 or s < 0:
             continue
         j = fill[a]
         fill[a] = j + 1
-        out_source[j], out_offset[j] = s, offset[i]
+        out_source[j], out_offset[j] = s, (ts[i] - start[a]) * _DAYS_PER_US
         if len(user):
             out_user[j], out_ok[j] = user[i], user_ok[i]
         if len(value):
             out_value[j] = value[i]
 
 
-def group_by_account(account, renumber, code, source_of, n_accounts, offset, user, user_ok, value):
+def group_by_account(account, renumber, code, source_of, start, ts, user, user_ok, value):
     """The events' columns with each account's rows together, in their original order (a counting
     sort: each core counts its share of the rows per account, then places them). A row's account is
     renumber[account] and its source source_of[code]; rows where either is negative are left out, so
-    that the caller needs no filtered copy of its columns. Account a's rows are starts[a] to
-    starts[a + 1]. Empty `user` and `value` stay empty. Returns starts, the sources, then the columns
-    in the order given."""
+    that the caller needs no filtered copy of its columns. `start` (per account) and `ts` (per row) are
+    times in microseconds; a row's offset is its time from its account's start, in days. Account a's
+    rows are starts[a] to starts[a + 1]. Empty `user` and `value` stay empty. Returns starts, the
+    sources, the offsets, then user, user_ok and value."""
+    n_accounts = len(start)
     cuts = np.linspace(0, len(account), _workers() + 1).astype(np.int64)
     shares = np.column_stack([cuts[:-1], cuts[1:]])  # a share of the rows per core
 
@@ -357,12 +363,13 @@ def group_by_account(account, renumber, code, source_of, n_accounts, offset, use
     starts = np.r_[0, np.cumsum(counts.sum(axis=0))]
     fills = starts[:-1] + np.cumsum(counts, axis=0) - counts  # where each share's rows of each account begin
     kept = int(starts[-1])
-    columns = (offset, user, user_ok, value)
-    out = (np.empty(kept, source_of.dtype), *(np.empty(kept if len(c) else 0, c.dtype) for c in columns))
+    columns = (ts, user, user_ok, value)
+    out = (np.empty(kept, source_of.dtype), np.empty(kept),
+           *(np.empty(kept if len(c) else 0, c.dtype) for c in columns[1:]))
 
     def place(share: np.ndarray, fill: np.ndarray) -> None:
         lo, hi = share[0]
-        _place(account[lo:hi], renumber, code[lo:hi], source_of, fill[0], *(c[lo:hi] for c in columns), *out)
+        _place(account[lo:hi], renumber, code[lo:hi], source_of, fill[0], start, *(c[lo:hi] for c in columns), *out)
 
     by_rows(place, shares, fills)
     return (starts, *out)

@@ -218,12 +218,14 @@ def test_grouped_event_tables_count_users_like_python_sets(monkeypatch, seed, wo
     taken = rng.integers(0, len(renumber), n)
     code = rng.integers(0, n_src + 1, n)  # code 2 is a type left out; the others are sources 0, 1, 2
     source_of = np.array([1, 0, -1, 2], np.int32)
+    start = rng.integers(0, 10**12, n_accounts)  # each cohort account's window start, in microseconds
     offset = rng.uniform(0, 30, n)
+    ts = (np.r_[start, 0, 0][renumber[taken]] + offset * 86_400_000_000).astype(np.int64)
+    offset = (ts - np.r_[start, 0, 0][renumber[taken]]) * (1 / 86_400_000_000)  # as the kernel takes it from ts
     user = rng.integers(0, 2**63, 60, dtype=np.uint64)[rng.integers(0, 60, n)]
     user_ok = rng.random(n) > 0.1
     value = rng.normal(size=n)
-    starts, *columns = kernels.group_by_account(taken, renumber, code, source_of, n_accounts, offset, user, user_ok,
-                                                value)
+    starts, *columns = kernels.group_by_account(taken, renumber, code, source_of, start, ts, user, user_ok, value)
     count, days, weeks, first, users, total = kernels.event_tables(
         np.column_stack([starts[:-1], starts[1:]]), *columns, n_src, 30, 31.0)
     row, source = renumber[taken], source_of[code]
