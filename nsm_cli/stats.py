@@ -103,8 +103,10 @@ def cox_fit(time: np.ndarray, event: np.ndarray, X: np.ndarray, *, penalizer: fl
     X = np.asarray(X, dtype=float)
     k, n, p = X.shape
     blocks = blocks or _Blocks.of(np.asarray(time, float), np.asarray(event, bool), strata)
-    Xs = np.ascontiguousarray(X[:, blocks.order])
-    Xs -= Xs.mean(axis=1, keepdims=True)  # the fit does not depend on location; sums lose less to rounding
+    Xs = np.take(X, blocks.order, axis=1)  # a contiguous copy (X[:, order] is laid out transposed, then copied)
+    # The fit does not depend on location; centred, the sums lose less to rounding. (Means as matrix
+    # products: numpy's reductions over the middle axis of (k, n, p) are ~10x slower.)
+    Xs -= (np.ones(n) @ Xs)[:, None, :] / max(n, 1)
     pen = penalizer * n
     eye = np.eye(p)
     n_events = blocks.n_events
@@ -118,7 +120,8 @@ def cox_fit(time: np.ndarray, event: np.ndarray, X: np.ndarray, *, penalizer: fl
     ll, grad, hess = terms(np.arange(k), beta)
     # A covariate constant within every risk set at every event has no information at any beta; its
     # computed information is rounding noise, which Newton would follow. Zero it exactly instead.
-    uninformed = np.diagonal(-hess, axis1=1, axis2=2) <= 1e-9 * max(1, n_events) * (Xs**2).mean(axis=1)
+    spread = np.einsum("knp,knp->kp", Xs, Xs) / max(n, 1)  # the mean square of each covariate
+    uninformed = np.diagonal(-hess, axis1=1, axis2=2) <= 1e-9 * max(1, n_events) * spread
     if uninformed.any():
         Xs.transpose(0, 2, 1)[uninformed] = 0.0
         beta[uninformed] = 0.0
@@ -234,7 +237,7 @@ def concordance_of_codes(time: np.ndarray, event: np.ndarray, codes: np.ndarray)
     pairs = int(above[level[event]].sum())  # accounts with a higher level, summed over events
     if pairs == 0:
         return np.full(codes.shape[1], np.nan)
-    ordered = np.ascontiguousarray(np.asarray(codes, np.int64)[order].T)
+    ordered = np.take(np.asarray(codes, np.int64).T, order, axis=1)  # (k, n), each row contiguous for the kernel
     parts = kernels.by_rows(kernels.concordant_counts, ordered, level[order], event[order])
     greater = np.concatenate([g for g, _ in parts]).astype(float)
     ties = np.concatenate([t for _, t in parts]).astype(float)
