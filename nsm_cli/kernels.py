@@ -25,7 +25,7 @@ def _workers() -> int:
 def by_rows(kernel, *arrays: np.ndarray) -> list:
     """`kernel` (a kernel, or code that calls kernels) over chunks of rows, a chunk per core, in order:
     each (k, ...) array in `arrays` is cut into chunks of rows; one-dimensional arrays go whole to every
-    chunk."""
+    chunk. The chunks are views, so a kernel can fill its chunk of an output array in place."""
     k = arrays[0].shape[0]
     size = max(1, -(-k // _workers()))
 
@@ -251,13 +251,11 @@ def concordant_counts(codes, level, event):
 
 
 @_jit
-def rank_columns(values, order):
+def rank_columns(values, order, codes, ranks):
     """Per row of `values` (k, n), given `order` (k, n) that sorts it (NaNs last): each value's dense
     code from 0 (equal values, equal codes; NaNs equal) and its average rank from 1 (ties share the
-    mean of their ranks)."""
+    mean of their ranks), written to `codes` (int64) and `ranks` (k, n)."""
     k, n = values.shape
-    codes = np.empty((k, n), np.int64)
-    ranks = np.empty((k, n))
     for c in range(k):
         col, at = values[c], order[c]
         code = 0
@@ -272,15 +270,13 @@ def rank_columns(values, order):
                 ranks[c, at[q]] = (i + 1 + j) / 2  # the mean of ranks i+1..j
             code += 1
             i = j
-    return codes, ranks
 
 
 @_jit
-def standardise(values):
+def standardise(values, out):
     """Per row of `values` (k, n): signed log1p, centred and scaled to sample SD 1 (ddof=1; a constant
-    row is only centred)."""
+    row is only centred), written to `out` (k, n)."""
     k, n = values.shape
-    out = np.empty((k, n))
     for c in range(k):
         total = 0.0
         for i in range(n):
@@ -295,7 +291,6 @@ def standardise(values):
         scale = 1.0 / sd if sd > 0 else 1.0
         for i in range(n):
             out[c, i] = (out[c, i] - mean) * scale
-    return out
 
 
 _M1, _M2, _M4, _H01 = (np.uint64(0x5555555555555555), np.uint64(0x3333333333333333), np.uint64(0x0F0F0F0F0F0F0F0F),

@@ -186,8 +186,9 @@ def codes_and_ranks(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per column of a (n, k): each value's dense code from 0 (equal values, equal codes), int64, and
     its average rank from 1 (ties share the mean rank). Columns run on a thread per core."""
     rows = np.ascontiguousarray(np.asarray(a, dtype=float).T)
-    parts = kernels.by_rows(kernels.rank_columns, rows, np.argsort(rows, axis=1))
-    return np.vstack([c for c, _ in parts]).T, np.vstack([r for _, r in parts]).T
+    codes, ranks = np.empty(rows.shape, np.int64), np.empty(rows.shape)  # each core fills its share of rows
+    kernels.by_rows(lambda v, c, r: kernels.rank_columns(v, np.argsort(v, axis=1), c, r), rows, codes, ranks)
+    return codes.T, ranks.T
 
 
 def dense_codes(a: np.ndarray) -> np.ndarray:
