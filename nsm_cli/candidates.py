@@ -168,10 +168,12 @@ def _event_tables(usage: Usage, events: pl.DataFrame, cohort: pl.DataFrame, sour
                                                 source_of, window_start, ts, user, user_ok, value)
     offset = columns[1]
     n_days = int(offset.max()) + 1 if len(offset) else 1
-    n_src = max(len(sources), 1)
-    parts = kernels.by_rows(lambda spans: kernels.event_tables(spans, *columns, n_src, n_days, window_days + 1.0),
-                          np.column_stack([starts[:-1], starts[1:]]))
-    count, days, weeks, first, users, total = (np.vstack(t)[:, :1 + len(sources)] for t in zip(*parts, strict=True))
+    shape = (n_accounts, 1 + max(len(sources), 1))
+    out = [np.zeros(shape) for _ in range(6)]  # count, days, weeks, first, users, total
+    out[3][:] = window_days + 1.0  # the first day of an account without the event
+    spans = np.column_stack([starts[:-1], starts[1:]])
+    kernels.by_rows(lambda s, *o: kernels.event_tables(s, *columns, n_days, *o), spans, *out)  # a share of accounts
+    count, days, weeks, first, users, total = (t[:, :1 + len(sources)] for t in out)  # per core, filled in place
     tables = {"count": count, "active_days": days, "active_weeks": weeks, "days_to_first": first}
     if usage.has_user:
         tables["users"] = users

@@ -406,19 +406,19 @@ def _distinct_users(lo, hi, source, user, user_ok, out, table, tag):
 
 
 @_jit
-def event_tables(spans, source, offset, user, user_ok, value, n_src, n_days, no_first):
+def event_tables(spans, source, offset, user, user_ok, value, n_days, count, days, weeks, first, users, total):
     """Per account (a row of `spans`: the first and after-last position of its rows, grouped as
     `group_by_account` leaves them) and per cell (column 0: all the account's events; column 1 + s:
-    those of source s), from each event's `source` index and `offset` in days into the window:
-    rows, distinct days (int(offset)) and weeks (day // 7) with an event, the first offset (`no_first`
-    when none), distinct users (the `user` keys where `user_ok`; none when `user` is empty) and the
-    sum of `value` (zeros when it is empty). Six (accounts, 1 + n_src) arrays in that order.
+    those of source s), from each event's `source` index and `offset` in days into the window, into
+    the six (accounts, 1 + sources) outputs: rows, distinct days (int(offset)) and weeks (day // 7)
+    with an event, the first offset (left as it is when none: the caller fills it with the value for
+    none), distinct users (the `user` keys where `user_ok`; none when `user` is empty) and the sum of
+    `value` (none when it is empty). The outputs other than `first` start at zero.
 
     One pass over each account's rows; its days and weeks are bits set in a small table cleared for
     each account, its users keys in a small hash set."""
-    m, width = len(spans), 1 + n_src
-    count, days, weeks = np.zeros((m, width)), np.zeros((m, width)), np.zeros((m, width))
-    first, users, total = np.full((m, width), no_first), np.zeros((m, width)), np.zeros((m, width))
+    m, width = count.shape
+    n_src = width - 1
     day_bits = np.zeros((width, (n_days + 63) // 64), np.uint64)
     week_bits = np.zeros((width, (n_days // 7 + 64) // 64), np.uint64)
     size = 1
@@ -446,7 +446,6 @@ def event_tables(spans, source, offset, user, user_ok, value, n_src, n_days, no_
                 weeks[a, cell] += _popcount(week_bits[cell, word])
         if len(user):
             _distinct_users(lo, hi, source, user, user_ok, users[a], table, a + 1)
-    return count, days, weeks, first, users, total
 
 
 @_jit

@@ -226,8 +226,10 @@ def test_grouped_event_tables_count_users_like_python_sets(monkeypatch, seed, wo
     user_ok = rng.random(n) > 0.1
     value = rng.normal(size=n)
     starts, *columns = kernels.group_by_account(taken, renumber, code, source_of, start, ts, user, user_ok, value)
-    count, days, weeks, first, users, total = kernels.event_tables(
-        np.column_stack([starts[:-1], starts[1:]]), *columns, n_src, 30, 31.0)
+    count, days, weeks, users, total = (np.zeros((n_accounts, 1 + n_src)) for _ in range(5))
+    first = np.full((n_accounts, 1 + n_src), 31.0)
+    kernels.event_tables(np.column_stack([starts[:-1], starts[1:]]), *columns, 30, count, days, weeks, first, users,
+                         total)
     row, source = renumber[taken], source_of[code]
     kept = (row >= 0) & (source >= 0)
     assert starts[-1] == kept.sum()
