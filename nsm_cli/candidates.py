@@ -150,29 +150,30 @@ def _event_tables(usage: Usage, events: pl.DataFrame, cohort: pl.DataFrame, sour
     account's rows (`kernels.event_tables`, the accounts split over the cores) takes every aggregation
     of every cell."""
     n_accounts = cohort.height
-    ts = events["ts"].cast(pl.Datetime("us")).to_physical().to_numpy()
     window_start = cohort["window_start"].cast(pl.Datetime("us")).to_physical().to_numpy()
     event = events["event"].cast(pl.Categorical)  # codes are local to a column: read them with their names
     present = event.unique()
     source_of = np.full(int(present.to_physical().max() or 0) + 1, -1, dtype=np.int32)
     position = {name: i for i, name in enumerate(sources)}
     source_of[present.to_physical().to_numpy()] = [position.get(name, -1) for name in present.cast(pl.String)]
-    user, user_ok = np.empty(0, np.uint64), np.empty(0, bool)
+    user, user_ok, value = np.empty(0, np.uint64), np.empty(0, bool), np.empty(0)  # the columns absent
     if usage.has_user:
         hashed = events["user_id"]  # validate keeps a 64-bit hash of the text: only distinct users are counted
         hashed = hashed if hashed.dtype == pl.UInt64 else hashed.hash(seed=0).set(hashed.is_null(), None)
-        user, user_ok = hashed.fill_null(0).to_numpy(), hashed.is_not_null().to_numpy()
-    value = events["value"].cast(pl.Float64).fill_null(0.0).to_numpy() if usage.has_value else np.empty(0)
+        user, user_ok = hashed.fill_null(0), hashed.is_not_null()
+    if usage.has_value:
+        value = events["value"].cast(pl.Float64).fill_null(0.0)
+    ts = events["ts"].cast(pl.Datetime("us")).to_physical()
+    chunks = _chunks([events["__row"], event.to_physical(), ts, user, user_ok, value])
     renumber = np.arange(n_accounts) if renumber is None else renumber
-    starts, *columns = kernels.group_by_account(events["__row"].to_numpy(), renumber, event.to_physical().to_numpy(),
-                                                source_of, window_start, ts, user, user_ok, value)
-    offset = columns[1]
+    starts, *grouped = kernels.group_by_account(chunks, renumber, source_of, window_start)
+    offset = grouped[1]
     n_days = int(offset.max()) + 1 if len(offset) else 1
     shape = (n_accounts, 1 + max(len(sources), 1))
     out = [np.zeros(shape) for _ in range(6)]  # count, days, weeks, first, users, total
     out[3][:] = window_days + 1.0  # the first day of an account without the event
     spans = np.column_stack([starts[:-1], starts[1:]])
-    kernels.by_rows(lambda s, *o: kernels.event_tables(s, *columns, n_days, *o), spans, *out)  # a share of accounts
+    kernels.by_rows(lambda s, *o: kernels.event_tables(s, *grouped, n_days, *o), spans, *out)  # a share of accounts
     count, days, weeks, first, users, total = (t[:, :1 + len(sources)] for t in out)  # per core, filled in place
     tables = {"count": count, "active_days": days, "active_weeks": weeks, "days_to_first": first}
     if usage.has_user:
@@ -182,6 +183,21 @@ def _event_tables(usage: Usage, events: pl.DataFrame, cohort: pl.DataFrame, sour
     if usage.has_value:
         tables["sum"] = total
     return tables
+
+
+def _chunks(columns: list[pl.Series | np.ndarray]) -> list[tuple[np.ndarray, ...]]:
+    """Per chunk of rows, the columns' values as numpy arrays; a numpy array (an absent column's empty
+    stand-in) is repeated as it is. Polars keeps a frame read back from a file in chunks: taken chunk
+    by chunk, no column is copied whole (numeric chunks without nulls are not copied at all)."""
+    series = [c for c in columns if isinstance(c, pl.Series)]
+    parts = [c.get_chunks() for c in series]
+    if len({tuple(len(x) for x in p) for p in parts}) != 1 or not parts[0]:  # not cut at the same rows
+        parts = [[c.rechunk()] for c in series]
+    chunks = []
+    for group in zip(*parts, strict=True):
+        arrays = iter([x.to_numpy() for x in group])
+        chunks.append(tuple(next(arrays) if isinstance(c, pl.Series) else c for c in columns))
+    return chunks
 
 
 def build_event_candidates(usage: Usage, cohort: pl.DataFrame, settings: Settings,

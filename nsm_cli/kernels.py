@@ -307,14 +307,13 @@ def _popcount(v):
 
 
 @_jit
-def _account_counts(account, renumber, code, source_of, n_accounts):
-    """Rows per account (`renumber`[account]) among the rows kept: renumber and source_of[code] >= 0."""
-    counts = np.zeros(n_accounts, np.int64)
+def _account_counts(account, renumber, code, source_of, counts):
+    """Adds to counts the rows per account (`renumber`[account]) among the rows kept: renumber and
+    source_of[code] >= 0."""
     for i in range(len(account)):
         a = renumber[account[i]]
         if a >= 0 and source_of[code[i]] >= 0:
             counts[a] += 1
-    return counts
 
 
 _DAYS_PER_US = 1.0 / 86_400_000_000  # multiplied, as polars divides a column by a number: the same days
@@ -338,36 +337,49 @@ def _place(account, renumber, code, source_of, fill, start, ts, user, user_ok, v
             out_value[j] = value[i]
 
 
-def group_by_account(account, renumber, code, source_of, start, ts, user, user_ok, value):
+def group_by_account(chunks, renumber, source_of, start):
     """The events' columns with each account's rows together, in their original order (a counting
-    sort: each core counts its share of the rows per account, then places them). A row's account is
-    renumber[account] and its source source_of[code]; rows where either is negative are left out, so
-    that the caller needs no filtered copy of its columns. `start` (per account) and `ts` (per row) are
-    times in microseconds; a row's offset is its time from its account's start, in days. Account a's
-    rows are starts[a] to starts[a + 1]. Empty `user` and `value` stay empty. Returns starts, the
-    sources, the offsets, then user, user_ok and value."""
+    sort: each core counts its share of the rows per account, then places them). `chunks`: the
+    events, a tuple of arrays (account, code, ts, user, user_ok, value) per chunk of rows in order (at
+    least one), as a frame read back in chunks holds them (so no column is copied whole first). A row's account
+    is renumber[account] and its source source_of[code]; rows where either is negative are left out,
+    so that the caller needs no filtered copy of its columns. `start` (per account) and `ts` (per
+    row) are times in microseconds; a row's offset is its time from its account's start, in days.
+    Account a's rows are starts[a] to starts[a + 1]. Empty `user` and `value` arrays stay empty.
+    Returns starts, the sources, the offsets, then user, user_ok and value."""
     n_accounts = len(start)
-    cuts = np.linspace(0, len(account), _workers() + 1).astype(np.int64)
-    shares = np.column_stack([cuts[:-1], cuts[1:]])  # a share of the rows per core
+    pieces = _pieces(chunks, 8 * _workers())
+    rows = np.cumsum([0] + [len(p[0]) for p in pieces])
+    cuts = np.searchsorted(rows, np.linspace(0, rows[-1], _workers() + 1))  # pieces of ~equal rows per core
+    shares = np.column_stack([cuts[:-1], cuts[1:]])
 
     def share_counts(share: np.ndarray) -> np.ndarray:
-        lo, hi = share[0]
-        return _account_counts(account[lo:hi], renumber, code[lo:hi], source_of, n_accounts)[None]
+        counts = np.zeros(n_accounts, np.int64)
+        for account, code, *_ in pieces[share[0, 0]:share[0, 1]]:
+            _account_counts(account, renumber, code, source_of, counts)
+        return counts[None]
 
     counts = np.vstack(by_rows(share_counts, shares))
     starts = np.r_[0, np.cumsum(counts.sum(axis=0))]
     fills = starts[:-1] + np.cumsum(counts, axis=0) - counts  # where each share's rows of each account begin
     kept = int(starts[-1])
-    columns = (ts, user, user_ok, value)
+    _, _, _, user, user_ok, value = chunks[0]  # for the types, and whether user and value are there
     out = (np.empty(kept, source_of.dtype), np.empty(kept),
-           *(np.empty(kept if len(c) else 0, c.dtype) for c in columns[1:]))
+           *(np.empty(kept if len(c) else 0, c.dtype) for c in (user, user_ok, value)))
 
     def place(share: np.ndarray, fill: np.ndarray) -> None:
-        lo, hi = share[0]
-        _place(account[lo:hi], renumber, code[lo:hi], source_of, fill[0], start, *(c[lo:hi] for c in columns), *out)
+        for account, code, *columns in pieces[share[0, 0]:share[0, 1]]:
+            _place(account, renumber, code, source_of, fill[0], start, *columns, *out)
 
     by_rows(place, shares, fills)
     return (starts, *out)
+
+
+def _pieces(chunks: list[tuple[np.ndarray, ...]], at_least: int) -> list[tuple[np.ndarray, ...]]:
+    """The chunks cut into `at_least` pieces or more (views), so that shares of them can be balanced."""
+    total = sum(len(c[0]) for c in chunks)
+    size = max(1, -(-total // at_least))
+    return [tuple(a[lo:lo + size] if len(a) else a for a in c) for c in chunks for lo in range(0, len(c[0]), size)]
 
 
 @_jit

@@ -225,7 +225,10 @@ def test_grouped_event_tables_count_users_like_python_sets(monkeypatch, seed, wo
     user = rng.integers(0, 2**63, 60, dtype=np.uint64)[rng.integers(0, 60, n)]
     user_ok = rng.random(n) > 0.1
     value = rng.normal(size=n)
-    starts, *columns = kernels.group_by_account(taken, renumber, code, source_of, start, ts, user, user_ok, value)
+    cuts = [0, 7, 7, 2000, n]  # the rows in chunks, one of them empty, as a frame read back from a file
+    chunks = [(taken[lo:hi], code[lo:hi], ts[lo:hi], user[lo:hi], user_ok[lo:hi], value[lo:hi])
+              for lo, hi in zip(cuts[:-1], cuts[1:], strict=True)]
+    starts, *columns = kernels.group_by_account(chunks, renumber, source_of, start)
     count, days, weeks, users, total = (np.zeros((n_accounts, 1 + n_src)) for _ in range(5))
     first = np.full((n_accounts, 1 + n_src), 31.0)
     kernels.event_tables(np.column_stack([starts[:-1], starts[1:]]), *columns, 30, count, days, weeks, first, users,
