@@ -264,3 +264,21 @@ def test_only_one_event_types_candidates_equal_those_of_the_full_set(monkeypatch
     assert_frame_equal(single, full.select(single.columns))
     for name in ("any.count", "share_first", "share.nope"):
         assert build_event_candidates(usage, cohort, s, only=name).metrics.columns == full.columns
+
+
+def test_chunks_keep_a_frames_chunks_when_every_column_is_cut_alike():
+    """`_chunks` reads chunk by chunk when every column is cut at the same rows, else whole; an absent
+    column's numpy stand-in is repeated."""
+    import numpy as np
+
+    from nsm_cli.candidates import _chunks
+
+    def in_two(values: list[int]) -> pl.Series:
+        return pl.concat([pl.Series(values[:2]), pl.Series(values[2:])], rechunk=False)
+
+    absent = np.empty(0)
+    alike = _chunks([in_two([1, 2, 3]), in_two([4, 5, 6]), absent])
+    assert [[a.tolist() for a in c] for c in alike] == [[[1, 2], [4, 5], []], [[3], [6], []]]
+    unlike = _chunks([in_two([1, 2, 3]), pl.Series([4, 5, 6]), absent])
+    assert [[a.tolist() for a in c] for c in unlike] == [[[1, 2, 3], [4, 5, 6], []]]
+    assert all(c[2] is absent for c in alike + unlike)
