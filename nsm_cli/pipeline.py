@@ -198,14 +198,15 @@ def rank_prepared(prepared: Prepared) -> Report:
 def _assess(inputs: Inputs, cohort: Cohort, cands: CandidateSet, churn: OutcomeData,
             expansion: OutcomeData | None, settings: Settings) -> Report:
     names = [c.name for c in cands.candidates]
-    matrix = cands.metrics.select(names).to_numpy().astype(float)
-    segments = segment_design(cohort.frame, inputs.segments) if inputs.segments else None
-    shared = MetricMatrix.of(matrix)
-    train = holdout_split(cohort.frame["account_id"].to_numpy(), settings.seed)
-    churn_split = Split.of(churn, train)
-    exp_split = Split.of(expansion, train[expansion.rows]) if expansion else None
+    matrix = np.asarray(cands.metrics.select(names).to_numpy(), dtype=float)  # Float64 columns: no copy
     horizon = settings.horizon_days
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:  # numpy kernels release the GIL
+        pending_shared = pool.submit(MetricMatrix.of, matrix)  # compiled, while this thread sets up the rest
+        segments = segment_design(cohort.frame, inputs.segments) if inputs.segments else None
+        train = holdout_split(cohort.frame["account_id"].to_numpy(), settings.seed)
+        churn_split = Split.of(churn, train)
+        exp_split = Split.of(expansion, train[expansion.rows]) if expansion else None
+        shared = pending_shared.result()
         pending_churn = pool.submit(gather_evidence, churn, shared, segments, direction=1.0)
         pending_exp = pool.submit(gather_evidence, expansion, shared, segments, direction=-1.0) if expansion else None
         churn_thr = pool.map(lambda j: find_threshold(matrix[:, j], churn_split, horizon), range(len(names)))
