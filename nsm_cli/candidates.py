@@ -117,10 +117,11 @@ class WindowedEvents:
         """The result of `plan` over `accounts` (account_id, signup; `__row` = row here)."""
         return cls(rows, accounts.select(ID, **WindowedEvents.union(variants)))
 
-    def of_cohort(self, cohort: pl.DataFrame) -> tuple[pl.DataFrame, np.ndarray] | None:
-        """The events of `cohort`'s accounts inside its windows, and the map from their `__row` to rows of
-        `cohort` (-1: an account not in it); None when a cohort window reaches outside the rows taken.
-        When the windows taken are the cohort's, these are the rows taken as they are (no copy)."""
+    def of_cohort(self, cohort: pl.DataFrame, sources: list[str]) -> tuple[pl.DataFrame, np.ndarray] | None:
+        """The events of `cohort`'s accounts inside its windows (at least those of the types in
+        `sources`), and the map from their `__row` to rows of `cohort` (-1: an account not in it); None
+        when a cohort window reaches outside the rows taken. When the windows taken are the cohort's,
+        these are the rows taken as they are (no copy); else the rows of `sources` windowed again."""
         position = self.bounds.select(ID, taken_start="window_start", taken_end="landmark").with_row_index("__row")
         spans = cohort.select(ID, "window_start", "landmark").with_row_index("__c").join(position, on=ID, how="left")
         if spans.select((pl.col("__row").is_null() | (pl.col("window_start") < pl.col("taken_start"))
@@ -132,7 +133,7 @@ class WindowedEvents:
                         & (pl.col("landmark") == pl.col("taken_end")).all()).item():
             return self.rows, cohort_row  # the windows taken are the cohort's
         renumbered = pl.Series("__row", cohort_row[self.rows["__row"].to_numpy()])
-        rows = self.rows.lazy().with_columns(renumbered).filter(pl.col("__row") >= 0)
+        rows = self.rows.lazy().with_columns(renumbered).filter(pl.col("event").is_in(sources) & (pl.col("__row") >= 0))
         window = {c: pl.lit(cohort[c]).gather(pl.col("__row")) for c in ("window_start", "landmark")}
         rows = in_window(rows.with_columns(**window)).with_columns(pl.col("__row").cast(pl.UInt32)).collect()
         return rows, np.arange(cohort.height)
@@ -210,7 +211,7 @@ def build_event_candidates(usage: Usage, cohort: pl.DataFrame, settings: Setting
     mapping, warnings = slugs_for(names)
     single = [src for src in names for agg in AGGREGATIONS if only == f"{mapping[src]}.{agg}"]
     sources = single or names
-    taken = windowed.of_cohort(cohort) if windowed is not None else None
+    taken = windowed.of_cohort(cohort, sources) if windowed is not None else None
     if taken is None:
         rows = windowed_events(usage, cohort).drop(ID)
         taken = (rows.filter(pl.col("event").is_in(sources)) if single else rows).collect(engine="streaming"), None

@@ -297,7 +297,7 @@ def test_events_taken_in_the_validation_scan_give_the_candidates_of_a_fresh_scan
     s = Settings(accounts=str(BASE / "accounts.csv"), usage=str(_dirty_log(tmp_path)), max_events=3)
     inputs = load_inputs(s)
     cohort = build_cohort(inputs.accounts, None, s, inputs.as_of, has_churn_column=True, has_expansion_column=False)
-    assert inputs.windowed.of_cohort(cohort.frame) is not None
+    assert inputs.windowed.of_cohort(cohort.frame, list(inputs.usage.event_names)) is not None
     taken = build_event_candidates(inputs.usage, cohort.frame, s, inputs.windowed)
     fresh = build_event_candidates(inputs.usage, cohort.frame, s)
     assert_frame_equal(taken.metrics, fresh.metrics)
@@ -322,13 +322,14 @@ def test_windowed_events_serve_only_cohorts_whose_windows_they_cover(tmp_path):
     earlier = replace(s, landmark=landmark - timedelta(days=30))
     inputs = load_inputs(s)
     cohort = build_cohort(inputs.accounts, None, s, inputs.as_of, has_churn_column=True, has_expansion_column=False)
+    names = list(inputs.usage.event_names)
     shifted = cohort.frame.with_columns(window_start=pl.col("window_start") - pl.duration(days=30),
                                         landmark=pl.col("landmark") - pl.duration(days=30))
-    assert inputs.windowed.of_cohort(cohort.frame) is not None
-    assert inputs.windowed.of_cohort(shifted) is None
+    assert inputs.windowed.of_cohort(cohort.frame, names) is not None
+    assert inputs.windowed.of_cohort(shifted, names) is None
     fresh = build_event_candidates(inputs.usage, shifted, s)
     assert_frame_equal(build_event_candidates(inputs.usage, shifted, s, inputs.windowed).metrics, fresh.metrics)
     both = load_inputs(s, windows=(s, earlier))
-    assert both.windowed.of_cohort(shifted) is not None
+    assert both.windowed.of_cohort(shifted, names) is not None
     assert_frame_equal(build_event_candidates(both.usage, shifted, s, both.windowed).metrics, fresh.metrics)
     assert fresh.metrics.drop("account_id").sum_horizontal().sum() > 0  # the shifted windows hold events
