@@ -90,7 +90,7 @@ def validate_metric(settings: Settings, metric: str, *, windows: tuple[float, ..
     say("stability")
     stability = stability_check(x, base, settings, sign=sign)
     confounding = confounding_check(metric, x, base, ranking.candidates)
-    leading = leading_check(metric, inputs, settings, base)
+    leading = leading_check(metric, inputs, settings, base, by_window)
     ph = ph_check(x, base.churn, settings.seed)
     verdict, reasons = decide(candidate, aha, stability, confounding, sign)
     report = ValidationReport(metric, ranking.settings, candidate, dose, aha, stability, confounding, leading, ph,
@@ -357,13 +357,15 @@ def confounding_check(metric: str, x: np.ndarray, base: Prepared, ranked: tuple[
     return out
 
 
-def leading_check(metric: str, inputs, settings: Settings, base: Prepared) -> dict[str, Any]:
-    """Signup landmark: windows of increasing length. Calendar landmark: windows ending 0/30/60 days early."""
+def leading_check(metric: str, inputs, settings: Settings, base: Prepared,
+                  prepared: dict[float, Prepared] | None = None) -> dict[str, Any]:
+    """Signup landmark: windows of increasing length. Calendar landmark: windows ending 0/30/60 days early.
+    `prepared`: windows already prepared for `metric` (the threshold scan's), by length."""
     rows = []
     if settings.landmark is None:
         for w in LEADING_WINDOWS:
             try:
-                prep = base if w == settings.window_days else prepare(
+                prep = base if w == settings.window_days else (prepared or {}).get(w) or prepare(
                     inputs, dataclasses.replace(settings, window_days=w), only=metric)
             except Exception as exc:  # noqa: BLE001 - a window with too little data is reported, not fatal
                 rows.append({"window_days": w, "note": str(exc)})
