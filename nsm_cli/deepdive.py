@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -17,7 +18,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from nsm_cli import stats
+from nsm_cli import kernels, stats
 from nsm_cli.config import Settings
 from nsm_cli.errors import UsageError
 from nsm_cli.evidence import OutcomeData, segment_design, standardise
@@ -224,10 +225,16 @@ def aha_scan(metric: str, by_window: dict[float, Prepared], settings: Settings, 
 
 
 def _bootstrap_threshold(values, outcome, train, sign, seed) -> tuple[float | None, float | None]:
-    """95% percentile interval of the chosen cut over bootstrap resamples of the training half (seeded)."""
+    """95% percentile interval of the chosen cut over bootstrap resamples of the training half (seeded).
+    The resamples are drawn in order and scanned a few at a time on every core."""
     rng = np.random.default_rng(seed)
     rows = np.flatnonzero(train)
-    picks = [_best(values, outcome, rng.choice(rows, size=len(rows), replace=True), sign) for _ in range(BOOTSTRAP)]
+    workers = kernels.workers()
+    picks = []
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for start in range(0, BOOTSTRAP, 4 * workers):  # a few resamples in memory at a time
+            drawn = [rng.choice(rows, size=len(rows), replace=True) for _ in range(min(4 * workers, BOOTSTRAP - start))]
+            picks += pool.map(lambda resample: _best(values, outcome, resample, sign), drawn)
     picks = np.array([p for p in picks if p is not None])
     if len(picks) == 0:
         return None, None

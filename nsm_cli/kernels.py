@@ -18,7 +18,8 @@ import numba
 import numpy as np
 
 
-def _workers() -> int:
+def workers() -> int:
+    """Threads for work split over the cores (at most 4)."""
     return max(1, min(4, os.cpu_count() or 1))
 
 
@@ -27,12 +28,12 @@ def by_rows(kernel, *arrays: np.ndarray) -> list:
     each (k, ...) array in `arrays` is cut into chunks of rows; one-dimensional arrays go whole to every
     chunk. The chunks are views, so a kernel can fill its chunk of an output array in place."""
     k = arrays[0].shape[0]
-    size = max(1, -(-k // _workers()))
+    size = max(1, -(-k // workers()))
 
     def chunk(i: int):
         return kernel(*(a[i : i + size] if a.ndim > 1 else a for a in arrays))
 
-    with ThreadPoolExecutor(max_workers=_workers()) as pool:
+    with ThreadPoolExecutor(max_workers=workers()) as pool:
         return list(pool.map(chunk, range(0, max(1, k), size)))
 
 
@@ -348,9 +349,9 @@ def group_by_account(chunks, renumber, source_of, start):
     Account a's rows are starts[a] to starts[a + 1]. Empty `user` and `value` arrays stay empty.
     Returns starts, the sources, the offsets, then user, user_ok and value."""
     n_accounts = len(start)
-    pieces = _pieces(chunks, 8 * _workers())
+    pieces = _pieces(chunks, 8 * workers())
     rows = np.cumsum([0] + [len(p[0]) for p in pieces])
-    cuts = np.searchsorted(rows, np.linspace(0, rows[-1], _workers() + 1))  # pieces of ~equal rows per core
+    cuts = np.searchsorted(rows, np.linspace(0, rows[-1], workers() + 1))  # pieces of ~equal rows per core
     shares = np.column_stack([cuts[:-1], cuts[1:]])
 
     def share_counts(share: np.ndarray) -> np.ndarray:

@@ -210,7 +210,7 @@ def test_grouped_event_tables_count_users_like_python_sets(monkeypatch, seed, wo
 
     from nsm_cli import kernels
 
-    monkeypatch.setattr(kernels, "_workers", lambda: workers)
+    monkeypatch.setattr(kernels, "workers", lambda: workers)
 
     rng = np.random.default_rng(seed)
     n, n_accounts, n_src = 5000, 40, 3

@@ -75,7 +75,7 @@ def test_penalized_cox_matches_lifelines_on_separated_data():
 @pytest.mark.parametrize("workers", [1, 3])
 def test_concordance_matches_lifelines_with_ties_and_censoring(monkeypatch, workers):
     """Continuous, rounded (many ties), reversed and constant scores; the columns split over 1 or 3 threads."""
-    monkeypatch.setattr(kernels, "_workers", lambda: workers)
+    monkeypatch.setattr(kernels, "workers", lambda: workers)
     t, e, x = _data(11, n=500)
     scores = np.stack([x, np.round(x), -x, np.zeros_like(x), np.round(x * 40)])
     got = stats.concordance(t, e, scores)
