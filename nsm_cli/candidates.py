@@ -171,11 +171,12 @@ def _event_tables(usage: Usage, events: pl.DataFrame, cohort: pl.DataFrame, sour
     offset = grouped[1]
     n_days = int(offset.max()) + 1 if len(offset) else 1
     shape = (n_accounts, 1 + max(len(sources), 1))
-    out = [np.zeros(shape) for _ in range(6)]  # count, days, weeks, first, users, total
-    out[3][:] = window_days + 1.0  # the first day of an account without the event
-    spans = np.column_stack([starts[:-1], starts[1:]])
-    kernels.by_rows(lambda s, *o: kernels.event_tables(s, *grouped, n_days, *o), spans, *out)  # a share of accounts
-    count, days, weeks, first, users, total = (t[:, :1 + len(sources)] for t in out)  # per core, filled in place
+    count, days, weeks, users, total = (np.zeros(shape) for _ in range(5))
+    first = np.full(shape, window_days + 1.0)  # the first day of an account without the event
+    out = (count, days, weeks, first, users, total)  # each core fills its share of the accounts in place
+    kernels.by_rows(lambda s, *o: kernels.event_tables(s, *grouped, n_days, *o), np.column_stack([starts[:-1], starts[1:]]),
+                    *out)
+    count, days, weeks, first, users, total = (t[:, :1 + len(sources)] for t in out)
     tables = {"count": count, "active_days": days, "active_weeks": weeks, "days_to_first": first}
     if usage.has_user:
         tables["users"] = users
@@ -196,8 +197,8 @@ def _chunks(columns: list[pl.Series | np.ndarray]) -> list[tuple[np.ndarray, ...
         parts = [[c.rechunk()] for c in series]
     chunks = []
     for group in zip(*parts, strict=True):
-        arrays = iter([x.to_numpy() for x in group])
-        chunks.append(tuple(next(arrays) if isinstance(c, pl.Series) else c for c in columns))
+        chunk = iter(group)
+        chunks.append(tuple(next(chunk).to_numpy() if isinstance(c, pl.Series) else c for c in columns))
     return chunks
 
 
