@@ -188,17 +188,24 @@ def _event_tables(usage: Usage, events: pl.DataFrame, cohort: pl.DataFrame, sour
 
 
 def _chunks(columns: list[pl.Series | np.ndarray]) -> list[tuple[np.ndarray, ...]]:
-    """Per chunk of rows, the columns' values as numpy arrays; a numpy array (an absent column's empty
-    stand-in) is repeated as it is. Polars keeps a frame read back from a file in chunks: taken chunk
-    by chunk, no column is copied whole (numeric chunks without nulls are not copied at all)."""
+    """Per chunk of rows (as the first column is cut), the columns' values as numpy arrays; a numpy
+    array (an absent column's empty stand-in) is repeated as it is. Polars keeps a frame read back from
+    a file in chunks: taken chunk by chunk, no column is copied whole (numeric chunks without nulls are
+    not copied at all); a column cut otherwise is converted whole and sliced at the same rows."""
     series = [c for c in columns if isinstance(c, pl.Series)]
-    parts = [c.get_chunks() for c in series]
-    if len({tuple(len(x) for x in p) for p in parts}) != 1 or not parts[0]:  # not cut at the same rows
-        parts = [[c.rechunk()] for c in series]
+    lengths = [len(x) for x in series[0].get_chunks()] or [0]
+    bounds = np.cumsum([0, *lengths])
+
+    def cut(column: pl.Series) -> list[np.ndarray]:
+        if [len(x) for x in column.get_chunks()] == lengths:
+            return [x.to_numpy() for x in column.get_chunks()]
+        whole = column.to_numpy()
+        return [whole[lo:hi] for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
+
     chunks = []
-    for group in zip(*parts, strict=True):
+    for group in zip(*(cut(c) for c in series), strict=True):
         chunk = iter(group)
-        chunks.append(tuple(next(chunk).to_numpy() if isinstance(c, pl.Series) else c for c in columns))
+        chunks.append(tuple(next(chunk) if isinstance(c, pl.Series) else c for c in columns))
     return chunks
 
 

@@ -364,9 +364,10 @@ def group_by_account(chunks, renumber, source_of, start):
     starts = np.r_[0, np.cumsum(counts.sum(axis=0))]
     fills = starts[:-1] + np.cumsum(counts, axis=0) - counts  # where each share's rows of each account begin
     kept = int(starts[-1])
-    _, _, _, user, user_ok, value = chunks[0]  # for the types, and whether user and value are there
+    optional = range(3, 6)  # user, user_ok, value: empty in every chunk when the events have no such column
+    there = [any(len(chunk[k]) for chunk in chunks) for k in optional]
     out = (np.empty(kept, source_of.dtype), np.empty(kept),
-           *(np.empty(kept if len(c) else 0, c.dtype) for c in (user, user_ok, value)))
+           *(np.empty(kept if present else 0, chunks[0][k].dtype) for k, present in zip(optional, there, strict=True)))
 
     def place(share: np.ndarray, fill: np.ndarray) -> None:
         for account, code, *columns in pieces[share[0, 0]:share[0, 1]]:

@@ -225,7 +225,7 @@ def test_grouped_event_tables_count_users_like_python_sets(monkeypatch, seed, wo
     user = rng.integers(0, 2**63, 60, dtype=np.uint64)[rng.integers(0, 60, n)]
     user_ok = rng.random(n) > 0.1
     value = rng.normal(size=n)
-    cuts = [0, 7, 7, 2000, n]  # the rows in chunks, one of them empty, as a frame read back from a file
+    cuts = [0, 0, 7, 7, 2000, n]  # the rows in chunks, some empty (the first too), as polars may hold them
     chunks = [(taken[lo:hi], code[lo:hi], ts[lo:hi], user[lo:hi], user_ok[lo:hi], value[lo:hi])
               for lo, hi in zip(cuts[:-1], cuts[1:], strict=True)]
     starts, *columns = kernels.group_by_account(chunks, renumber, source_of, start)
@@ -266,9 +266,9 @@ def test_only_one_event_types_candidates_equal_those_of_the_full_set(monkeypatch
         assert build_event_candidates(usage, cohort, s, only=name).metrics.columns == full.columns
 
 
-def test_chunks_keep_a_frames_chunks_when_every_column_is_cut_alike():
-    """`_chunks` reads chunk by chunk when every column is cut at the same rows, else whole; an absent
-    column's numpy stand-in is repeated."""
+def test_chunks_follow_the_first_columns_chunks():
+    """`_chunks` reads chunk by chunk as the first column is cut; a column cut otherwise is sliced at
+    the same rows; an absent column's numpy stand-in is repeated."""
     import numpy as np
 
     from nsm_cli.candidates import _chunks
@@ -280,5 +280,9 @@ def test_chunks_keep_a_frames_chunks_when_every_column_is_cut_alike():
     alike = _chunks([in_two([1, 2, 3]), in_two([4, 5, 6]), absent])
     assert [[a.tolist() for a in c] for c in alike] == [[[1, 2], [4, 5], []], [[3], [6], []]]
     unlike = _chunks([in_two([1, 2, 3]), pl.Series([4, 5, 6]), absent])
-    assert [[a.tolist() for a in c] for c in unlike] == [[[1, 2, 3], [4, 5, 6], []]]
+    assert [[a.tolist() for a in c] for c in unlike] == [[[1, 2], [4, 5], []], [[3], [6], []]]
+    whole = _chunks([pl.Series([1, 2, 3]), in_two([4, 5, 6]), absent])
+    assert [[a.tolist() for a in c] for c in whole] == [[[1, 2, 3], [4, 5, 6], []]]
+    empty = _chunks([pl.Series([], dtype=pl.Int64), pl.Series([], dtype=pl.Int64), absent])
+    assert [[a.tolist() for a in c] for c in empty] == [[[], [], []]]
     assert all(c[2] is absent for c in alike + unlike)
