@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -229,12 +228,12 @@ def _bootstrap_threshold(values, outcome, train, sign, seed) -> tuple[float | No
     The resamples are drawn in order and scanned a few at a time on every core."""
     rng = np.random.default_rng(seed)
     rows = np.flatnonzero(train)
-    workers = kernels.workers()
+    batch = 4 * kernels.workers()  # a few resamples in memory at a time
     picks = []
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        for start in range(0, BOOTSTRAP, 4 * workers):  # a few resamples in memory at a time
-            drawn = [rng.choice(rows, size=len(rows), replace=True) for _ in range(min(4 * workers, BOOTSTRAP - start))]
-            picks += pool.map(lambda resample: _best(values, outcome, resample, sign), drawn)
+    for start in range(0, BOOTSTRAP, batch):
+        drawn = np.array([rng.choice(rows, size=len(rows), replace=True) for _ in range(min(batch, BOOTSTRAP - start))])
+        for part in kernels.by_rows(lambda resamples: [_best(values, outcome, r, sign) for r in resamples], drawn):
+            picks += part
     picks = np.array([p for p in picks if p is not None])
     if len(picks) == 0:
         return None, None
