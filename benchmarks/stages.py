@@ -4,7 +4,8 @@ import os
 import sys
 import time
 
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # as `nsm` sets it (nsm_cli/cli.py), before numpy loads
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # as `nsm` sets them (nsm_cli/cli.py), before numpy loads
+os.environ.setdefault("NUMPY_MADVISE_HUGEPAGE", "0")
 
 from nsm_cli import Settings, analyze  # noqa: E402
 
