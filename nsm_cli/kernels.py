@@ -476,6 +476,12 @@ def time_group_counts(time_index, event, group, rows, n_times, n_groups):
     return leaving, events
 
 
+def warm_up() -> None:
+    """Load one compiled kernel: numba's first call in a process sets up its typing and target
+    registries (~0.3 s, the same for any kernel), which a caller can run ahead on a spare thread."""
+    normal_sf(np.zeros(1))
+
+
 @_jit
 def normal_sf(z):
     """P(Z > z) for a standard normal Z, elementwise over a 1-D array: erfc(z / sqrt 2) / 2, accurate

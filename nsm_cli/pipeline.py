@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from nsm_cli import __version__, stats
+from nsm_cli import __version__, kernels, stats
 from nsm_cli.candidates import (
     CandidateSet,
     WindowedEvents,
@@ -79,7 +79,10 @@ def _load_inputs(settings: Settings, windows: tuple[Settings, ...], profile: boo
     usage_table = read_table(settings.usage, what="usage") if settings.usage else None
     usage, windowed = None, None
     if usage_table:
-        with tempfile.TemporaryDirectory(prefix="nsm-") as scratch:
+        # numba's first call sets up its registries (~0.3 s of Python, whatever the kernel); on a thread it
+        # uses the core time that polars' scan of the log leaves idle (and is joined when the scan is done).
+        with tempfile.TemporaryDirectory(prefix="nsm-") as scratch, ThreadPoolExecutor(max_workers=1) as warm:
+            warm.submit(kernels.warm_up)
             # The windows' events are written to a scratch file in the same scan as the checks: a file sink
             # lets the scan stream, where a second in-memory result would make it hold rows back.
             path = Path(scratch) / "windows.arrow"
