@@ -463,16 +463,18 @@ def event_tables(spans, source, offset, user, user_ok, value, n_days, count, day
 
 
 @_jit
-def time_group_counts(time_index, event, group, rows, n_times, n_groups):
-    """Among the accounts in `rows`: accounts leaving and events per distinct time (`time_index` of
-    each account) and group code, two (n_times, n_groups) arrays, in one pass."""
-    leaving = np.zeros((n_times, n_groups))
-    events = np.zeros((n_times, n_groups))
+def time_group_counts(time_index, event, group, part, n_parts, n_times, n_groups):
+    """Accounts leaving and events per part (`part` of each account: 0 to n_parts - 1, or -1 for none),
+    distinct time (`time_index` of each account) and group code: two (n_parts, n_times, n_groups)
+    arrays, in one pass."""
+    leaving = np.zeros((n_parts, n_times, n_groups))
+    events = np.zeros((n_parts, n_times, n_groups))
     for i in range(len(group)):
-        if rows[i]:
-            leaving[time_index[i], group[i]] += 1.0
+        p = part[i]
+        if p >= 0:
+            leaving[p, time_index[i], group[i]] += 1.0
             if event[i]:
-                events[time_index[i], group[i]] += 1.0
+                events[p, time_index[i], group[i]] += 1.0
     return leaving, events
 
 

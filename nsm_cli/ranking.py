@@ -103,14 +103,17 @@ def find_threshold(values: np.ndarray, split: Split, horizon: float) -> Threshol
     grid = threshold_grid(tv, RANK_QUANTILES)
     if len(grid) == 0:
         return None
-    level = stats.cut_levels(values, grid)
-    on_train = stats.CutCounts.of_levels(split.full, level, len(grid), train)
+    # one pass counts both halves by time and cut level (part 0: training, 1: holdout)
+    leaving, events = split.full.part_counts(stats.cut_levels(values, grid), len(grid) + 1,
+                                             1 - train.astype(np.int8), 2)
+    on_train = stats.CutCounts.of_table(split.full, leaving[0], events[0])
     z, _ = on_train.logrank()  # maximally selected log-rank statistic
     best = int(np.nanargmax(np.abs(z))) if np.isfinite(z).any() else 0
     train_above, train_below = (s[best] for s in on_train.km_at(horizon))
-    at_cut = (level > best).astype(np.int64)  # the chosen cut as the only one: level 1 = at or above it
-    hold_above, hold_below, hold_p = split.holdout(at_cut, horizon)
-    everyone = stats.CutCounts.of_levels(split.full, at_cut, 1)
+    held = stats.CutCounts.of_table(split.full, leaving[1], events[1]).cut(best)
+    hold_above, hold_below = (float(s[0]) for s in held.km_at(horizon))
+    hold_p = float(held.logrank()[1][0])
+    everyone = stats.CutCounts.of_table(split.full, leaving.sum(axis=0), events.sum(axis=0)).cut(best)
     above, below = (float(s[0]) for s in everyone.km_at(horizon))
     confirmed = bool(np.sign(hold_above - hold_below) == np.sign(train_above - train_below) and hold_p < ALPHA)
     return Threshold(

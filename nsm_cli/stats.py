@@ -321,8 +321,14 @@ class TimeIndex:
     def counts(self, groups: np.ndarray, n_groups: int, rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(accounts leaving, events) per distinct time and group code, among `rows` (default: all):
         two (T, n_groups) arrays."""
-        rows = np.ones(len(groups), bool) if rows is None else rows
-        return kernels.time_group_counts(self.inverse, self.event, np.asarray(groups, np.int64), rows,
+        part = np.zeros(len(groups), np.int8) if rows is None else np.asarray(rows, bool).view(np.int8) - 1
+        leaving, events = self.part_counts(groups, n_groups, part, 1)
+        return leaving[0], events[0]
+
+    def part_counts(self, groups: np.ndarray, n_groups: int, part: np.ndarray, n_parts: int) -> tuple[np.ndarray, np.ndarray]:
+        """(accounts leaving, events) per part (`part` of each account, -1 for none), distinct time and
+        group code, in one pass over the accounts: two (n_parts, T, n_groups) arrays."""
+        return kernels.time_group_counts(self.inverse, self.event, np.asarray(groups, np.int64), part, n_parts,
                                          len(self.times), n_groups)
 
 
@@ -372,9 +378,20 @@ class CutCounts:
     @classmethod
     def of_levels(cls, index: TimeIndex, level: np.ndarray, q: int, rows: np.ndarray | None = None) -> CutCounts:
         """From `cut_levels`: each account's number of cuts reached (0..q)."""
-        leaving, events = index.counts(level, q + 1, rows)
+        return cls.of_table(index, *index.counts(level, q + 1, rows))
+
+    @classmethod
+    def of_table(cls, index: TimeIndex, leaving: np.ndarray, events: np.ndarray) -> CutCounts:
+        """From the accounts leaving and events per distinct time and level (T, q + 1), as
+        `TimeIndex.counts` returns them."""
         above_l, above_e = _revcumsum(leaving), _revcumsum(events)  # level >= j, for j = 0 (all) .. q
         return cls(index, above_l[:, 0], above_e[:, 0], above_l[:, 1:], above_e[:, 1:])
+
+    def cut(self, j: int) -> CutCounts:
+        """The counts of cut j alone (a 'value >= cuts[j]' split); the same numbers as counting again
+        with that one cut, since the counts are whole numbers."""
+        return CutCounts(self.index, self.leaving, self.events, self.leaving_above[:, j:j + 1],
+                         self.events_above[:, j:j + 1])
 
     def logrank(self) -> tuple[np.ndarray, np.ndarray]:
         """Signed z (> 0: the 'above' group has more events than expected) and p, per cut."""

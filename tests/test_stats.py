@@ -160,6 +160,31 @@ def test_cut_counts_equal_one_lifelines_test_per_cut_within_rows():
         assert z[1] > 0  # in _data higher x means shorter times: more events than expected
 
 
+def test_counts_of_both_halves_in_one_pass_equal_counting_each_cut_again():
+    """The threshold scan counts training and holdout halves by cut level in one pass, then takes the
+    chosen cut's columns: exactly (whole numbers) what counting each half again with that cut gives."""
+    t, e, x = _data(4, n=400)
+    t = np.round(t)
+    cuts = np.array([-0.5, 0.0, 0.4, 1.1])
+    train = np.random.default_rng(5).random(len(t)) < 0.5
+    index = stats.TimeIndex.of(t, e)
+    level = stats.cut_levels(x, cuts)
+    leaving, events = index.part_counts(level, len(cuts) + 1, 1 - train.astype(np.int8), 2)
+    for part, rows in ((0, train), (1, ~train)):
+        ref_leaving, ref_events = index.counts(level, len(cuts) + 1, rows)
+        assert np.array_equal(leaving[part], ref_leaving) and np.array_equal(events[part], ref_events)
+    for j in range(len(cuts)):
+        for table, rows in (((leaving[1], events[1]), ~train), ((leaving.sum(0), events.sum(0)), None)):
+            one = stats.CutCounts.of_table(index, *table).cut(j)
+            ref = stats.CutCounts.of_levels(index, (level > j).astype(np.int64), 1, rows)
+            assert one.leaving_above.shape == (len(index.times), 1)
+            for got, want in zip((one.leaving, one.events, one.leaving_above, one.events_above, *one.logrank(),
+                                  *one.km_at(9)),
+                                 (ref.leaving, ref.events, ref.leaving_above, ref.events_above, *ref.logrank(),
+                                  *ref.km_at(9)), strict=True):
+                assert np.array_equal(got, want, equal_nan=True)
+
+
 def test_spearman_and_bh_match_scipy():
     rng = np.random.default_rng(3)
     a = rng.integers(0, 5, size=(200, 3)).astype(float)
