@@ -200,7 +200,7 @@ def aha_scan(metric: str, by_window: dict[float, Prepared], settings: Settings, 
         if metric not in prep.candidates.metrics.columns:
             continue
         values = prep.metric(metric)
-        split = Split.of(prep.churn, holdout_split(prep.cohort.frame["account_id"].to_numpy(), settings.seed))
+        split = Split.of(prep.churn, holdout_split(prep.cohort.frame["account_id"], settings.seed))
         grid = threshold_grid(values[split.train], SCAN_QUANTILES)
         if len(grid) == 0:
             continue

@@ -206,7 +206,7 @@ def _assess(inputs: Inputs, cohort: Cohort, cands: CandidateSet, churn: OutcomeD
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:  # numpy kernels release the GIL
         pending_shared = pool.submit(MetricMatrix.of, matrix)  # compiled, while this thread sets up the rest
         segments = segment_design(cohort.frame, inputs.segments) if inputs.segments else None
-        train = holdout_split(cohort.frame["account_id"].to_numpy(), settings.seed)
+        train = holdout_split(cohort.frame["account_id"], settings.seed)
         churn_split = Split.of(churn, train)
         exp_split = Split.of(expansion, train[expansion.rows]) if expansion else None
         shared = pending_shared.result()

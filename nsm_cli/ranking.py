@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import polars as pl
 
 from nsm_cli import stats
 from nsm_cli.config import Weights
@@ -38,9 +39,10 @@ VOLUME_AGGREGATIONS = {"count", "sum", "active_days", "active_weeks", "users", "
                        "active_periods"}
 
 
-def holdout_split(ids: np.ndarray, seed: int) -> np.ndarray:
-    """Deterministic half split by a 64-bit FNV-1a hash (murmur3 finaliser) of the account id; True = training."""
-    raw = np.char.encode(ids.astype(str), "utf-8")
+def holdout_split(ids: np.ndarray | pl.Series, seed: int) -> np.ndarray:
+    """Deterministic half split by a 64-bit FNV-1a hash (murmur3 finaliser) of the account id's UTF-8
+    bytes; True = training."""
+    raw = pl.Series(ids, dtype=pl.String).cast(pl.Binary).to_numpy().astype("S")  # polars encodes ~5x faster
     width = max(1, raw.dtype.itemsize)
     codes = np.frombuffer(raw.astype(f"S{width}").tobytes(), dtype=np.uint8).reshape(len(ids), width)
     lengths = np.char.str_len(raw)

@@ -88,6 +88,20 @@ def test_holdout_split_is_deterministic_balanced_and_seeded():
     assert (a != holdout_split(ids, 1)).any()
     shuffled = np.random.default_rng(0).permutation(len(ids))
     assert (holdout_split(ids[shuffled], 0) == a[shuffled]).all()
+    assert (a == [_fnv_murmur_bit(i, 0) for i in ids]).all()  # the documented hash, bit for bit
+    assert (holdout_split(ids, 7) == [_fnv_murmur_bit(i, 7) for i in ids]).all()
+
+
+def _fnv_murmur_bit(account_id: str, seed: int) -> bool:
+    """holdout_split's hash written out in plain Python: FNV-1a over the UTF-8 bytes, murmur3's fmix64."""
+    mask = (1 << 64) - 1
+    h = 0xCBF29CE484222325 ^ (seed & 0xFFFFFFFF)
+    for byte in account_id.encode("utf-8"):
+        h = ((h ^ byte) * 0x100000001B3) & mask
+    for mult in (0xFF51AFD7ED558CCD, 0xC4CEB9FE1A85EC53):
+        h = ((h ^ (h >> 33)) * mult) & mask
+    h ^= h >> 33
+    return h & 1 == 0
 
 
 @settings(max_examples=200, deadline=None)
