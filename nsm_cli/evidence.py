@@ -127,10 +127,10 @@ def segment_design(frame: pl.DataFrame, segment_columns: tuple[str, ...]) -> Seg
         small = counts.filter(pl.col("n") < MIN_LEVEL_SHARE * combo.len())["s"]
         combo = pl.DataFrame({"s": combo}).select(
             pl.when(pl.col("s").is_in(small.implode())).then(pl.lit("\x00other")).otherwise(pl.col("s")).alias("s"))["s"]
-        levels, strata = np.unique(combo.to_numpy().astype(str), return_inverse=True)
-        strata = strata.ravel()
-        dummies = np.eye(len(levels))[strata][:, 1:] if len(levels) > 1 else None
-        strata = strata if len(levels) > 1 else None
+        n_levels = combo.n_unique()  # strata: each combination's position among them in sorted order
+        strata = (combo.rank("dense") - 1).cast(pl.Int64).to_numpy()
+        dummies = np.eye(n_levels)[strata][:, 1:] if n_levels > 1 else None
+        strata = strata if n_levels > 1 else None
     covariates = _independent_columns(np.hstack(numeric), dummies) if numeric else None
     if strata is None and covariates is None:
         return None

@@ -234,6 +234,32 @@ def test_standardise_and_explained_share_match_direct_formulas():
     assert want[0] > 0.5 and explained_share(y, z)[2] == 0.0
 
 
+
+def test_segment_strata_are_the_sorted_combinations_with_rare_ones_pooled():
+    """Strata: each combination of the categorical segments, numbered in sorted order (numpy's
+    unique), those under 1% of accounts pooled first as 'other'; a numeric segment is a covariate."""
+    import polars as pl
+
+    from nsm_cli.evidence import segment_design
+
+    rng = np.random.default_rng(2)
+    n = 3000
+    plan = rng.choice(["pro", "Basic", "élite", None], n, p=[0.5, 0.3, 0.195, 0.005])
+    region = rng.choice(["eu", "us"], n)
+    seats = rng.integers(1, 50, n).astype(float)
+    frame = pl.DataFrame({"segment:plan": plan, "segment:region": region, "segment:seats": seats})
+    seg = segment_design(frame, ("plan", "region", "seats"))
+    combo = np.array([f"{'(missing)' if p is None else p}\x1f{r}" for p, r in zip(plan, region, strict=True)])
+    values, counts = np.unique(combo, return_counts=True)
+    rare = set(values[counts < 0.01 * n])
+    assert rare  # the missing plan's combinations
+    pooled = np.array(["\x00other" if c in rare else c for c in combo])
+    levels, want = np.unique(pooled, return_inverse=True)
+    np.testing.assert_array_equal(seg.strata, want)
+    np.testing.assert_array_equal(seg.dummies, np.eye(len(levels))[want][:, 1:])
+    x = np.log1p(seats)
+    np.testing.assert_allclose(seg.covariates[:, 0], (x - x.mean()) / x.std(ddof=1), atol=1e-12)
+
 def test_retained_at_by_hand():
     # times 1..4, churn at 2 and 4, censored at 1 and 3. KM: S(2) = 1 - 1/3 = 2/3, S(4) = 0.
     t = np.array([1.0, 2.0, 3.0, 4.0])
