@@ -9,8 +9,8 @@ import os
 # between the small matrix products and take ~0.5 s of CPU from a 100k run. Set before numpy loads it.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 # numpy asks the kernel for 2 MB pages for its large arrays; each first touch then zeroes a whole 2 MB
-# page, most of them for arrays that live a moment (0.4-0.5 s of system time at 100k, ~0.15 s of wall
-# time). numpy reads this when it loads.
+# page, most of them for arrays that live a moment (0.3-0.4 s of system CPU at 100k). numpy reads this
+# when it loads.
 os.environ.setdefault("NUMPY_MADVISE_HUGEPAGE", "0")
 
 import gc

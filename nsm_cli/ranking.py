@@ -73,9 +73,7 @@ class Split:
     def holdout(self, at_cut: np.ndarray, horizon: float) -> tuple[float, float, float]:
         """On the holdout half, for `at_cut` (1 = at or above the chosen cut, 0 = below): KM survival at
         `horizon` above and below, and the log-rank p."""
-        counts = stats.CutCounts.of_levels(self.full, at_cut, 1, ~self.train)
-        above, below = (float(s[0]) for s in counts.km_at(horizon))
-        return above, below, float(counts.logrank()[1][0])
+        return stats.CutCounts.of_levels(self.full, at_cut, 1, ~self.train).summary(horizon)
 
 
 def threshold_grid(values: np.ndarray, quantiles: np.ndarray) -> np.ndarray:
@@ -113,15 +111,14 @@ def find_threshold(values: np.ndarray, split: Split, horizon: float) -> Threshol
     best = int(np.nanargmax(np.abs(z))) if np.isfinite(z).any() else 0
     train_above, train_below = (s[best] for s in on_train.km_at(horizon))
     held = stats.CutCounts.of_table(split.full, leaving[1], events[1]).cut(best)
-    hold_above, hold_below = (float(s[0]) for s in held.km_at(horizon))
-    hold_p = float(held.logrank()[1][0])
+    hold_above, hold_below, hold_p = held.summary(horizon)
     everyone = stats.CutCounts.of_table(split.full, leaving.sum(axis=0), events.sum(axis=0)).cut(best)
-    above, below = (float(s[0]) for s in everyone.km_at(horizon))
+    above, below, everyone_p = everyone.summary(horizon)
     confirmed = bool(np.sign(hold_above - hold_below) == np.sign(train_above - train_below) and hold_p < ALPHA)
     return Threshold(
         value=float(grid[best]), share_above=float(everyone.leaving_above.sum() / len(values)), retention_above=above,
         retention_below=below, holdout_retention_above=hold_above, holdout_retention_below=hold_below,
-        holdout_p_value=hold_p, holdout_confirmed=confirmed, logrank_p_value=float(everyone.logrank()[1][0]),
+        holdout_p_value=hold_p, holdout_confirmed=confirmed, logrank_p_value=everyone_p,
     )
 
 

@@ -393,6 +393,11 @@ class CutCounts:
         return CutCounts(self.index, self.leaving, self.events, self.leaving_above[:, j:j + 1],
                          self.events_above[:, j:j + 1])
 
+    def summary(self, horizon: float) -> tuple[float, float, float]:
+        """For counts of one cut: KM survival at `horizon` above and below it, and the log-rank p."""
+        (above,), (below,) = self.km_at(horizon)
+        return float(above), float(below), float(self.logrank()[1][0])
+
     def logrank(self) -> tuple[np.ndarray, np.ndarray]:
         """Signed z (> 0: the 'above' group has more events than expected) and p, per cut."""
         n1 = _revcumsum(self.leaving_above, axis=0)
