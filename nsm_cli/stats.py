@@ -306,17 +306,12 @@ class TimeIndex:
     event: np.ndarray
     times: np.ndarray  # distinct times, ascending
     inverse: np.ndarray  # per account: index into `times`
-    order: np.ndarray  # accounts sorted by time
-    starts: np.ndarray  # per distinct time: its first position in `order`
 
     @classmethod
     def of(cls, time: np.ndarray, event: np.ndarray) -> TimeIndex:
         time = np.asarray(time, float)
         times, inverse = np.unique(time, return_inverse=True)
-        inverse = inverse.ravel()
-        order = np.argsort(inverse, kind="stable")
-        return cls(time, np.asarray(event, bool), times, inverse, order,
-                   np.searchsorted(inverse[order], np.arange(len(times))))
+        return cls(time, np.asarray(event, bool), times, inverse.ravel())
 
     def counts(self, groups: np.ndarray, n_groups: int, rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(accounts leaving, events) per distinct time and group code, among `rows` (default: all):
@@ -339,9 +334,11 @@ def km_at_masks(time: np.ndarray, event: np.ndarray, masks: np.ndarray, horizon:
     n_t = int(np.searchsorted(idx.times, horizon, side="right"))  # distinct times <= horizon
     if n_t == 0:
         return np.ones(masks.shape[1])
-    m = masks[idx.order].astype(np.float64)
-    leaving = np.add.reduceat(m, idx.starts, axis=0)
-    return _km_product(leaving, np.add.reduceat(m * idx.event[idx.order, None], idx.starts, axis=0), n_t)
+    order = np.argsort(idx.inverse, kind="stable")  # the accounts by time
+    starts = np.searchsorted(idx.inverse[order], np.arange(len(idx.times)))  # each distinct time's first
+    m = masks[order].astype(np.float64)
+    leaving = np.add.reduceat(m, starts, axis=0)
+    return _km_product(leaving, np.add.reduceat(m * idx.event[order, None], starts, axis=0), n_t)
 
 
 def _km_product(leaving: np.ndarray, dying: np.ndarray, n_t: int) -> np.ndarray:
