@@ -132,8 +132,9 @@ class WindowedEvents:
         if spans.select((pl.col("window_start") == pl.col("taken_start")).all()
                         & (pl.col("landmark") == pl.col("taken_end")).all()).item():
             return self.rows, cohort_row  # the windows taken are the cohort's
-        renumbered = pl.Series("__row", cohort_row[self.rows["__row"].to_numpy()])
-        rows = self.rows.lazy().with_columns(renumbered).filter(pl.col("event").is_in(sources) & (pl.col("__row") >= 0))
+        renumbered = pl.lit(pl.Series(cohort_row)).gather(pl.col("__row"))  # after the filter: only those rows
+        rows = (self.rows.lazy().filter(pl.col("event").is_in(sources)).with_columns(renumbered.alias("__row"))
+                .filter(pl.col("__row") >= 0))
         window = {c: pl.lit(cohort[c]).gather(pl.col("__row")) for c in ("window_start", "landmark")}
         rows = in_window(rows.with_columns(**window)).with_columns(pl.col("__row").cast(pl.UInt32)).collect()
         return rows, np.arange(cohort.height)
