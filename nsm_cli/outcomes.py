@@ -49,13 +49,17 @@ def derive_from_mrr(accounts: pl.DataFrame, mrr: pl.DataFrame, settings: Setting
     One lazy plan, collected once: polars runs its independent group-bys side by side.
     """
     windows, mrr = accounts.lazy().select(ID, "landmark"), mrr.lazy()
-    last = mrr.group_by(ID).agg(pl.col("mrr").last().alias("last_mrr"), pl.col("ts").last().alias("last_ts"))
-    nonzero_end = mrr.filter(pl.col("mrr") > 0).group_by(ID).agg(pl.col("ts").max().alias("last_paid"))
-    zero_start = (
-        mrr.join(nonzero_end, on=ID, how="left")
-        .filter((pl.col("mrr") == 0) & (pl.col("last_paid").is_null() | (pl.col("ts") > pl.col("last_paid"))))
-        .group_by(ID).agg(pl.col("ts").min().alias("mrr_churn"))
-    )
+    out = accounts.lazy()
+    if need_churn:  # the MRR's last value is 0, from the first 0 after the last paid month on
+        last = mrr.group_by(ID).agg(pl.col("mrr").last().alias("last_mrr"))
+        nonzero_end = mrr.filter(pl.col("mrr") > 0).group_by(ID).agg(pl.col("ts").max().alias("last_paid"))
+        zero_start = (
+            mrr.join(nonzero_end, on=ID, how="left")
+            .filter((pl.col("mrr") == 0) & (pl.col("last_paid").is_null() | (pl.col("ts") > pl.col("last_paid"))))
+            .group_by(ID).agg(pl.col("ts").min().alias("mrr_churn"))
+        )
+        out = out.join(last, on=ID, how="left").join(zero_start, on=ID, how="left").with_columns(
+            churn=pl.when(pl.col("last_mrr") == 0).then(pl.col("mrr_churn"))).drop("last_mrr", "mrr_churn")
     baseline = (
         mrr.join(windows, on=ID).filter(pl.col("ts") <= pl.col("landmark"))
         .group_by(ID).agg(pl.col("mrr").last().alias("base_mrr"))
@@ -68,10 +72,7 @@ def derive_from_mrr(accounts: pl.DataFrame, mrr: pl.DataFrame, settings: Setting
             (pl.col("mrr").max() - pl.col("base_mrr").first()).clip(lower_bound=0).alias("exp_amount"),
         )
     )
-    out = accounts.lazy().join(last, on=ID, how="left").join(zero_start, on=ID, how="left")
     out = out.join(baseline, on=ID, how="left").join(after, on=ID, how="left")
-    if need_churn:
-        out = out.with_columns(churn=pl.when(pl.col("last_mrr") == 0).then(pl.col("mrr_churn")))
     if need_expansion:
         out = out.with_columns(
             expansion=pl.col("mrr_expansion"),
@@ -79,7 +80,7 @@ def derive_from_mrr(accounts: pl.DataFrame, mrr: pl.DataFrame, settings: Setting
         )
     out = out.with_columns(exp_amount=pl.when(pl.col("base_mrr").is_not_null()).then(
         pl.col("exp_amount").fill_null(0.0)))
-    return out.drop("last_mrr", "last_ts", "mrr_churn", "base_mrr", "mrr_expansion").collect()
+    return out.drop("base_mrr", "mrr_expansion").collect()
 
 
 def window_bounds(settings: Settings) -> dict[str, pl.Expr]:
