@@ -81,8 +81,10 @@ def _load_inputs(settings: Settings, windows: tuple[Settings, ...], profile: boo
     if usage_table:
         # numba's first call sets up its registries (~0.3 s of Python, whatever the kernel); on a thread it
         # uses the core time that polars' scan of the log leaves idle (and is joined when the scan is done).
+        # Only when candidates follow: `nsm inspect` (no windows) runs no kernel.
         with tempfile.TemporaryDirectory(prefix="nsm-") as scratch, ThreadPoolExecutor(max_workers=1) as warm:
-            warm.submit(kernels.warm_up)
+            if windows:
+                warm.submit(kernels.warm_up)
             # The windows' events are written to a scratch file in the same scan as the checks: a file sink
             # lets the scan stream, where a second in-memory result would make it hold rows back.
             path = Path(scratch) / "windows.arrow"

@@ -197,3 +197,18 @@ def test_churn_derived_from_mrr_matches_the_churn_dates(small, tmp_path):
     assert derived.data.churn_events == given.data.churn_events
     assert derived.data.excluded == given.data.excluded
     assert _essentials(derived) == _essentials(given)
+
+
+def test_kernels_are_set_up_during_the_scan_only_when_candidates_follow(monkeypatch):
+    """`load_inputs` starts numba's set-up beside the scan of the event log when it takes windows for
+    candidates, and not for `nsm inspect` (no windows), which runs no kernel."""
+    from nsm_cli import kernels
+    from nsm_cli.pipeline import load_inputs
+
+    calls = []
+    monkeypatch.setattr(kernels, "warm_up", lambda: calls.append(1))
+    s = Settings(accounts=str(SAMPLE / "accounts.csv"), usage=str(SAMPLE / "events.csv"))
+    load_inputs(s, windows=())
+    assert calls == []
+    load_inputs(s)
+    assert calls == [1]
