@@ -117,11 +117,12 @@ class WindowedEvents:
         """The result of `plan` over `accounts` (account_id, signup; `__row` = row here)."""
         return cls(rows, accounts.select(ID, **WindowedEvents.union(variants)))
 
-    def of_cohort(self, cohort: pl.DataFrame, sources: list[str]) -> tuple[pl.DataFrame, np.ndarray] | None:
+    def of_cohort(self, cohort: pl.DataFrame, sources: list[str]) -> tuple[pl.DataFrame, np.ndarray | None] | None:
         """The events of `cohort`'s accounts inside its windows (at least those of the types in
-        `sources`), and the map from their `__row` to rows of `cohort` (-1: an account not in it); None
-        when a cohort window reaches outside the rows taken. When the windows taken are the cohort's,
-        these are the rows taken as they are (no copy); else the rows of `sources` windowed again."""
+        `sources`), and the map from their `__row` to rows of `cohort` (-1: an account not in it; None:
+        `__row` is the cohort row already, as in a fresh scan); None when a cohort window reaches outside
+        the rows taken. When the windows taken are the cohort's, these are the rows taken as they are (no
+        copy); else the rows of `sources` windowed again, renumbered."""
         position = self.bounds.select(ID, taken_start="window_start", taken_end="landmark").with_row_index("__row")
         spans = cohort.select(ID, "window_start", "landmark").with_row_index("__c").join(position, on=ID, how="left")
         if spans.select((pl.col("__row").is_null() | (pl.col("window_start") < pl.col("taken_start"))
@@ -137,7 +138,7 @@ class WindowedEvents:
                 .filter(pl.col("__row") >= 0))
         window = {c: pl.lit(cohort[c]).gather(pl.col("__row")) for c in ("window_start", "landmark")}
         rows = in_window(rows.with_columns(**window)).with_columns(pl.col("__row").cast(pl.UInt32)).collect()
-        return rows, np.arange(cohort.height)
+        return rows, None
 
 
 def _event_tables(usage: Usage, events: pl.DataFrame, cohort: pl.DataFrame, sources: list[str],

@@ -344,8 +344,9 @@ def group_by_account(chunks, renumber, source_of, start):
     events, a tuple of arrays (account, code, ts, user, user_ok, value) per chunk of rows in order (at
     least one; a chunk may be empty), as a frame read back in chunks holds them, so that no column is
     copied whole first. A row's account is renumber[account] and its source source_of[code]; rows
-    where either is negative are left out, so that the caller needs no filtered copy of its columns. `start` (per account) and `ts` (per
-    row) are times in microseconds; a row's offset is its time from its account's start, in days.
+    where either is negative are left out, so that the caller needs no filtered copy of its columns.
+    `start` (per account) and `ts` (per row) are times in microseconds; a row's offset is its time from
+    its account's start, in days.
     Account a's rows are starts[a] to starts[a + 1]. Empty `user` and `value` arrays stay empty.
     Returns starts, the sources, the offsets, then user, user_ok and value."""
     n_accounts = len(start)
