@@ -125,7 +125,8 @@ def cox_fit(time: np.ndarray, event: np.ndarray, X: np.ndarray, *, penalizer: fl
     if uninformed.any():
         Xs.transpose(0, 2, 1)[uninformed] = 0.0
         beta[uninformed] = 0.0
-        ll, grad, hess = terms(np.arange(k), beta)
+        redo = np.flatnonzero(uninformed.any(axis=1))  # the other models' terms stand
+        ll[redo], grad[redo], hess[redo] = terms(redo, beta[redo])
     done = np.zeros(k, bool)
     converged = np.zeros(k, bool)
     for _ in range(max_iter):
