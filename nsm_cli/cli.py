@@ -27,7 +27,7 @@ from rich.console import Console
 
 from nsm_cli import __version__
 from nsm_cli.config import Settings, build_settings, parse_date, parse_duration, parse_weights
-from nsm_cli.errors import InputError, NsmError, UsageError
+from nsm_cli.errors import InputError, NsmError, UsageError, WriteError
 from nsm_cli.pipeline import analyze
 from nsm_cli.render import render_csv, render_inspect_text, render_json, render_markdown, render_rich, render_text
 
@@ -105,15 +105,23 @@ def _fail(err: Console, code: int, message: str) -> typer.Exit:
 def _write_output(text: str | bytes, output: Path | None, inputs: list[str | None]) -> None:
     """stdout, or an atomic write (temp file + rename) that refuses to overwrite an input."""
     if output is None:
-        sys.stdout.write(text)
-        sys.stdout.flush()
+        try:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+        except BrokenPipeError:
+            raise
+        except OSError as exc:  # stdout redirected to a full disk, say
+            raise WriteError.of("standard output", exc) from None
         return
     target = output.resolve()
     for src in inputs:
         if src and Path(src).exists() and Path(src).resolve() == target:
             raise UsageError(f"--output {output} is one of the input files; refusing to overwrite it")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise WriteError.of(str(output), exc) from None
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(text.encode("utf-8") if isinstance(text, str) else text)
@@ -121,8 +129,10 @@ def _write_output(text: str | bytes, output: Path | None, inputs: list[str | Non
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the user's usual mode
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise WriteError.of(str(output), exc) from None
         raise
 
 
@@ -134,6 +144,8 @@ def _run(err: Console, debug: bool, body) -> None:
         raise
     except UsageError as exc:
         raise _fail(err, EXIT_USAGE, str(exc)) from None
+    except WriteError as exc:
+        raise _fail(err, EXIT_INTERNAL, str(exc)) from None
     except (InputError, NsmError) as exc:
         raise _fail(err, EXIT_INPUT, str(exc)) from None
     except BrokenPipeError:
@@ -343,7 +355,10 @@ def sample(
     err = Console(stderr=True)
 
     def body() -> int:
-        truth = write_sample(output_dir, n_accounts, seed=seed, mean_events=events_per_account, parquet=parquet)
+        try:
+            truth = write_sample(output_dir, n_accounts, seed=seed, mean_events=events_per_account, parquet=parquet)
+        except OSError as exc:
+            raise WriteError.of(f"the sample into {output_dir}/", exc) from None
         sys.stdout.write(f"wrote {n_accounts} accounts to {output_dir}/ (seed {truth.seed}); ground truth in "
                          f"{output_dir}/ground_truth.json\n")
         return EXIT_OK

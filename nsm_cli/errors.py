@@ -6,6 +6,8 @@ report and rendered next to the results, never swallowed.
 
 from __future__ import annotations
 
+import errno
+import re
 from dataclasses import dataclass
 
 
@@ -53,6 +55,27 @@ class SchemaError(InputError):
 
 class InsufficientDataError(InputError):
     """Too few accounts or events for the statistics to mean anything."""
+
+
+class WriteError(NsmError):
+    """A file nsm had to write could not be written: a full disk, a read-only or forbidden folder
+    (CLI exit code 4, with this message rather than an internal error's)."""
+
+    # Failures that only writing meets: no space, over quota, a read-only file system.
+    _WRITE_ONLY = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+
+    @classmethod
+    def of(cls, what: str, exc: OSError, advice: str = "") -> WriteError:
+        """The error "cannot write `what`: <the system's reason>[; `advice`]". Polars' OSErrors carry the
+        reason only in their text, as "<reason> (os error N)"."""
+        reason = exc.strerror or re.sub(r" \(os error \d+\).*", "", str(exc), flags=re.S)
+        return cls(f"cannot write {what}: {reason}" + (f"; {advice}" if advice else ""))
+
+    @classmethod
+    def is_write_only_failure(cls, exc: OSError) -> bool:
+        """Whether `exc` is a failure that reading never meets (so, during a scan, the scratch file's)."""
+        codes = re.findall(r"\(os error (\d+)\)", str(exc))
+        return exc.errno in cls._WRITE_ONLY or any(int(c) in cls._WRITE_ONLY for c in codes)
 
 
 @dataclass(frozen=True, slots=True)

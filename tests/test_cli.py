@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
 
+import polars as pl
 import pytest
 from typer.testing import CliRunner
 
@@ -98,6 +104,45 @@ def test_output_is_written_and_never_over_an_input(runner, tmp_path):
     result = runner.invoke(app, args)
     assert result.exit_code == 2 and "refusing" in result.stderr
     assert accounts.read_bytes() == before
+
+
+def test_unwritable_output_exits_four_naming_the_path(runner, tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    result = runner.invoke(app, ["rank", *ARGS, "-q", "--output", str(blocker / "rank.txt")])
+    assert result.exit_code == 4
+    assert f"cannot write {blocker / 'rank.txt'}: " in result.stderr and "internal error" not in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    result = runner.invoke(app, ["sample", "--output-dir", str(blocker / "s"), "--accounts", "60"])
+    assert result.exit_code == 4 and "cannot write the sample into" in result.stderr
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+def test_stdout_on_a_full_disk_exits_four():
+    with open("/dev/full", "w") as full:
+        done = subprocess.run([sys.executable, "-m", "nsm_cli", "rank", *ARGS, "-q"], stdout=full,
+                              stderr=subprocess.PIPE, text=True)
+    assert done.returncode == 4
+    assert "cannot write standard output: No space left on device" in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(("error", "scratch"), [
+    (OSError("No space left on device (os error 28)"), True),  # as polars raises it
+    (OSError(errno.EDQUOT, "Disk quota exceeded"), True),
+    (OSError("Input/output error (os error 5)"), False),  # reading can fail so: not the scratch file's
+])
+def test_scratch_file_failures_say_where_and_what_to_do(runner, monkeypatch, error, scratch):
+    def failing(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(pl, "collect_all", failing)  # the scan that writes the scratch file
+    result = runner.invoke(app, ["rank", *ARGS, "-q"])
+    assert result.exit_code == 4 and "Traceback" not in result.stderr + result.stdout
+    if scratch:
+        assert f"cannot write nsm's scratch file in {tempfile.gettempdir()}: " in result.stderr
+        assert "TMPDIR" in result.stderr and "internal error" not in result.stderr
+    else:
+        assert "internal error (OSError: Input/output error (os error 5))" in result.stderr
 
 
 def test_markdown_output(runner):
