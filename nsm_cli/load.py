@@ -72,6 +72,9 @@ NULL_TOKENS = ("", "-", "--", *_NULL_WORDS, *(w.upper() for w in _NULL_WORDS), *
                "NaN", "N/a")
 
 
+PARQUET_SUFFIXES = (".parquet", ".pq")
+
+
 @dataclass(frozen=True, slots=True)
 class Table:
     """One logical input (one file or a glob of files) as text columns plus line numbers."""
@@ -79,6 +82,11 @@ class Table:
     name: str
     frame: pl.LazyFrame
     columns: tuple[str, ...]
+    paths: tuple[str, ...]  # the files read
+
+    @property
+    def is_parquet(self) -> bool:
+        return self.paths[0].lower().endswith(PARQUET_SUFFIXES)
 
 
 def normalise_name(name: str) -> str:
@@ -105,7 +113,7 @@ def read_table(source: str, *, what: str) -> Table:
             [f.select(columns).with_columns(pl.lit(p).alias(FILE)) for p, f in zip(paths, frames, strict=True)]
         )
     data_columns = tuple(c for c in columns if c != LINE)
-    return Table(name=source if len(paths) > 1 else paths[0], frame=frame, columns=data_columns)
+    return Table(name=source if len(paths) > 1 else paths[0], frame=frame, columns=data_columns, paths=tuple(paths))
 
 
 def _expand(source: str, *, what: str) -> list[str]:
@@ -125,7 +133,7 @@ def _expand(source: str, *, what: str) -> list[str]:
 
 
 def _read_one(path: str) -> pl.LazyFrame:
-    if path.lower().endswith((".parquet", ".pq")):
+    if path.lower().endswith(PARQUET_SUFFIXES):
         try:
             frame = pl.scan_parquet(path)
             frame.collect_schema()

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tempfile
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -23,12 +21,13 @@ from nsm_cli.candidates import (
     coverage,
 )
 from nsm_cli.config import Settings
-from nsm_cli.errors import InputError, InsufficientDataError, WriteError
+from nsm_cli.errors import InputError, InsufficientDataError
 from nsm_cli.evidence import MetricMatrix, OutcomeData, gather_evidence, segment_design
 from nsm_cli.load import Table, read_table
 from nsm_cli.outcomes import Cohort, build_cohort
 from nsm_cli.ranking import CandidateFacts, Split, find_threshold, holdout_split, outcome_stats, rank_candidates
 from nsm_cli.results import DataSummary, Report
+from nsm_cli.scratch import scratch_file
 from nsm_cli.validate import Problems, Usage, clean_accounts, clean_mrr, clean_usage, latest_date, restrict_usage
 
 ID = "account_id"
@@ -79,15 +78,7 @@ def _load_inputs(settings: Settings, windows: tuple[Settings, ...], profile: boo
     usage_table = read_table(settings.usage, what="usage") if settings.usage else None
     usage, windowed = None, None
     if usage_table:
-        try:
-            usage, windowed = _scan_usage(usage_table, settings, problems, accounts, windows, profile)
-        except OSError as exc:
-            if WriteError.is_write_only_failure(exc):
-                raise WriteError.of(f"nsm's scratch file in {tempfile.gettempdir()}", exc,
-                                    "it holds the events inside the windows during the run (up to about half the "
-                                    "size of a CSV event log); free space there or set TMPDIR to a folder with room"
-                                    ) from None
-            raise
+        usage, windowed = _scan_usage(usage_table, settings, problems, accounts, windows, profile)
     mrr = clean_mrr(read_table(settings.mrr, what="MRR"), settings, problems) if settings.mrr else None
     as_of = settings.as_of or latest_date(accounts, usage, mrr)
     if accounts.height and accounts["signup"].min() > as_of:
@@ -104,15 +95,14 @@ def _load_inputs(settings: Settings, windows: tuple[Settings, ...], profile: boo
 def _scan_usage(table: Table, settings: Settings, problems: Problems, accounts: pl.DataFrame,
                 windows: tuple[Settings, ...], profile: bool) -> tuple[Usage, WindowedEvents | None]:
     """`clean_usage`, and for an event log the events inside the windows, taken in the same scan."""
-    # numba's first call sets up its registries (~0.3 s of Python, whatever the kernel); on a thread it
-    # uses the core time that polars' scan of the log leaves idle (and is joined when the scan is done).
-    # Only when candidates follow: `nsm inspect` (no windows) runs no kernel.
-    with tempfile.TemporaryDirectory(prefix="nsm-") as scratch, ThreadPoolExecutor(max_workers=1) as warm:
+    # The windows' events are written to a scratch file in the same scan as the checks: a file sink lets
+    # the scan stream, where a second in-memory result would make it hold rows back.
+    with scratch_file("windows.arrow", _windowed_size_bound(table)) as path, ThreadPoolExecutor(max_workers=1) as warm:
+        # numba's first call sets up its registries (~0.3 s of Python, whatever the kernel); on a thread it
+        # uses the core time that polars' scan of the log leaves idle (and is joined when the scan is done).
+        # Only when candidates follow: `nsm inspect` (no windows) runs no kernel.
         if windows:
             warm.submit(kernels.warm_up)
-        # The windows' events are written to a scratch file in the same scan as the checks: a file sink
-        # lets the scan stream, where a second in-memory result would make it hold rows back.
-        path = Path(scratch) / "windows.arrow"
 
         def window_rows(known: pl.LazyFrame) -> list[pl.LazyFrame]:
             return [WindowedEvents.plan(known, windows).sink_ipc(path, lazy=True)]
@@ -120,6 +110,14 @@ def _scan_usage(table: Table, settings: Settings, problems: Problems, accounts: 
         usage, frames = clean_usage(table, settings, problems, accounts, also=window_rows if windows else None,
                                     profile=profile)
         return usage, WindowedEvents.taken(pl.read_ipc(path), accounts, windows) if frames else None
+
+
+def _windowed_size_bound(table: Table) -> int:
+    """About the most the events inside the windows can take as Arrow (24-32 bytes an event): a CSV log's
+    own size (its lines are longer), or 40 bytes a row of a Parquet log (its row count is in its metadata)."""
+    if table.is_parquet:
+        return 40 * int(pl.scan_parquet(list(table.paths)).select(pl.len()).collect().item())
+    return sum(os.path.getsize(path) for path in table.paths)
 
 
 def _outcomes(cohort: Cohort, horizon: float) -> tuple[OutcomeData, OutcomeData | None]:

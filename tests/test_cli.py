@@ -15,6 +15,7 @@ import polars as pl
 import pytest
 from typer.testing import CliRunner
 
+from nsm_cli import scratch
 from nsm_cli.cli import app
 from nsm_cli.config import Settings
 from nsm_cli.pipeline import analyze
@@ -126,19 +127,20 @@ def test_stdout_on_a_full_disk_exits_four():
     assert "cannot write standard output: No space left on device" in done.stderr and "Traceback" not in done.stderr
 
 
-@pytest.mark.parametrize(("error", "scratch"), [
+@pytest.mark.parametrize(("error", "is_scratch"), [
     (OSError("No space left on device (os error 28)"), True),  # as polars raises it
     (OSError(errno.EDQUOT, "Disk quota exceeded"), True),
     (OSError("Input/output error (os error 5)"), False),  # reading can fail so: not the scratch file's
 ])
-def test_scratch_file_failures_say_where_and_what_to_do(runner, monkeypatch, error, scratch):
+def test_scratch_file_failures_say_where_and_what_to_do(runner, monkeypatch, error, is_scratch):
     def failing(*args, **kwargs):
         raise error
 
     monkeypatch.setattr(pl, "collect_all", failing)  # the scan that writes the scratch file
+    monkeypatch.setattr(scratch, "memory_headroom", lambda: 0)  # the file in TMPDIR, not in memory
     result = runner.invoke(app, ["rank", *ARGS, "-q"])
     assert result.exit_code == 4 and "Traceback" not in result.stderr + result.stdout
-    if scratch:
+    if is_scratch:
         assert f"cannot write nsm's scratch file in {tempfile.gettempdir()}: " in result.stderr
         assert "TMPDIR" in result.stderr and "internal error" not in result.stderr
     else:

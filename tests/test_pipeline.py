@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from datetime import datetime
 
 import numpy as np
@@ -212,3 +213,59 @@ def test_kernels_are_set_up_during_the_scan_only_when_candidates_follow(monkeypa
     assert calls == []
     load_inputs(s)
     assert calls == [1]
+
+
+# ---- the scratch file of the windowed events -------------------------------------------------
+
+def test_the_windowed_events_give_the_same_report_in_memory_and_in_tmpdir(monkeypatch, tmp_path):
+    """The scratch file in memory (the default when it fits) or in TMPDIR: byte-identical JSON."""
+    from nsm_cli import scratch
+
+    s = Settings(accounts=str(SAMPLE / "accounts.csv"), usage=str(SAMPLE / "events.csv"), mrr=str(SAMPLE / "mrr.csv"))
+    paths = []
+    real = scratch.scratch_file
+
+    @contextmanager
+    def recorded(name, estimate, **kwargs):
+        with real(name, estimate, **kwargs) as path:
+            paths.append(path)
+            yield path
+
+    monkeypatch.setattr("nsm_cli.pipeline.scratch_file", recorded)
+    monkeypatch.setattr(scratch.tempfile, "tempdir", str(tmp_path))
+    in_memory = render_json(analyze(s))
+    monkeypatch.setattr(scratch, "memory_headroom", lambda: 0)
+    on_disk = render_json(analyze(s))
+    assert in_memory == on_disk
+    assert paths[1].startswith(str(tmp_path)) and list(tmp_path.iterdir()) == []  # written there, then removed
+    if hasattr(scratch.os, "memfd_create"):
+        assert paths[0].startswith("/proc/self/fd/")
+
+
+def test_scratch_file_is_in_memory_only_when_the_estimate_fits(tmp_path, monkeypatch):
+    from nsm_cli import scratch
+
+    monkeypatch.setattr(scratch.tempfile, "tempdir", str(tmp_path))
+    with scratch.scratch_file("a.arrow", 1000, headroom=1999) as path:  # over half the room: TMPDIR
+        assert path.startswith(str(tmp_path))
+        pl.DataFrame({"x": [1, 2]}).write_ipc(path)
+        assert pl.read_ipc(path)["x"].to_list() == [1, 2]
+    assert list(tmp_path.iterdir()) == []
+    if not hasattr(scratch.os, "memfd_create"):
+        return
+    with scratch.scratch_file("a.arrow", 1000, headroom=2000) as path:
+        assert path.startswith("/proc/self/fd/")
+        pl.DataFrame({"x": [1, 2]}).write_ipc(path)
+        frame = pl.read_ipc(path)
+    assert frame["x"].to_list() == [1, 2]  # the rows read back outlive the file
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_memory_headroom_is_at_most_the_machine_memory():
+    from nsm_cli import scratch
+
+    room = scratch.memory_headroom()
+    if room is None:
+        pytest.skip("the system does not say how much memory is available")
+    total = next(int(line.split()[1]) * 1024 for line in open("/proc/meminfo") if line.startswith("MemTotal:"))
+    assert 0 <= room <= total
