@@ -8,6 +8,9 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # as `nsm` sets them (nsm_cl
 os.environ.setdefault("NUMPY_MADVISE_HUGEPAGE", "0")
 
 from nsm_cli import Settings, analyze  # noqa: E402
+from nsm_cli.cli import keep_freed_memory  # noqa: E402
+
+keep_freed_memory()  # as `nsm` does
 
 args = dict(zip(sys.argv[1::2], sys.argv[2::2], strict=True))
 marks: list[tuple[str, float]] = [("start", time.perf_counter())]

@@ -379,11 +379,11 @@ def _root(version: Annotated[bool, typer.Option("--version", callback=version_ca
     """nsm: find the usage metric that best predicts that your customers stay and grow."""
 
 
-def _keep_freed_memory() -> None:
-    """glibc gives a freed block above its mmap threshold (dynamic, from 128 KB) back to the kernel at once,
-    so the next large numpy array faults in freshly zeroed pages. At the largest threshold glibc allows
-    (32 MB), a high trim threshold and a 64 MB top pad, such blocks are kept for reuse: 0.1-0.2 s less system CPU at 100k,
-    the same peak memory. Only where the C library has glibc's `mallopt` (not macOS or musl)."""
+def keep_freed_memory() -> None:
+    """glibc gives a freed block above its mmap threshold (dynamic, from 128 KB) back to the kernel at
+    once, so the next large numpy array faults in freshly zeroed pages. With the largest threshold glibc
+    allows (32 MB), a high trim threshold and a 64 MB top pad, such blocks are kept for reuse: 0.1-0.2 s
+    less system CPU at 100k, the same peak memory. Only where the C library has glibc's `mallopt`."""
     try:
         mallopt = ctypes.CDLL(None).mallopt
     except (AttributeError, OSError):
@@ -395,7 +395,7 @@ def _keep_freed_memory() -> None:
 
 
 def main() -> None:
-    _keep_freed_memory()
+    keep_freed_memory()
     # The garbage collector skips frozen objects. Frozen here, the modules' objects (they live as long as
     # the process) are not walked by every collection of the run (~0.1 s); frozen at the end, the objects
     # numba, polars and numpy created are not walked by the collections of the interpreter's exit
