@@ -6,6 +6,7 @@ import time
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # as `nsm` sets them (nsm_cli/cli.py), before numpy loads
 os.environ.setdefault("NUMPY_MADVISE_HUGEPAGE", "0")
+os.environ.setdefault("_RJEM_MALLOC_CONF", f"narenas:{os.cpu_count() or 1}")
 
 from nsm_cli import Settings, analyze  # noqa: E402
 from nsm_cli.cli import keep_freed_memory  # noqa: E402

@@ -6,9 +6,9 @@
     'report_shared.count'
 
 nsm runs a thread per core itself. The `nsm` command keeps OpenBLAS to one thread, whose own threads
-would only compete with it, numpy to ordinary memory pages, and glibc's malloc holding on to large freed
-blocks; a program calling `analyze` gets the same by setting OPENBLAS_NUM_THREADS=1 and
-NUMPY_MADVISE_HUGEPAGE=0 before numpy is first imported, and the glibc.malloc tunables the README gives.
+would only compete with it, numpy to ordinary memory pages, glibc's malloc holding on to large freed
+blocks and polars' allocator to an arena per core; a program calling `analyze` gets the same with the
+environment variables and glibc.malloc tunables the README gives (set before numpy and polars load).
 """
 
 from __future__ import annotations
