@@ -95,20 +95,19 @@ def _load_inputs(settings: Settings, windows: tuple[Settings, ...], profile: boo
 def _scan_usage(table: Table, settings: Settings, problems: Problems, accounts: pl.DataFrame,
                 windows: tuple[Settings, ...], profile: bool) -> tuple[Usage, WindowedEvents | None]:
     """`clean_usage`, and for an event log the events inside the windows, taken in the same scan."""
+    if not windows:  # `nsm inspect`: no candidates follow
+        return clean_usage(table, settings, problems, accounts, profile=profile)[0], None
     # The windows' events are written to a scratch file in the same scan as the checks: a file sink lets
     # the scan stream, where a second in-memory result would make it hold rows back.
     with scratch_file("windows.arrow", _windowed_size_bound(table)) as path, ThreadPoolExecutor(max_workers=1) as warm:
         # numba's first call sets up its registries (~0.3 s of Python, whatever the kernel); on a thread it
         # uses the core time that polars' scan of the log leaves idle (and is joined when the scan is done).
-        # Only when candidates follow: `nsm inspect` (no windows) runs no kernel.
-        if windows:
-            warm.submit(kernels.warm_up)
+        warm.submit(kernels.warm_up)
 
         def window_rows(known: pl.LazyFrame) -> list[pl.LazyFrame]:
             return [WindowedEvents.plan(known, windows).sink_ipc(path, lazy=True)]
 
-        usage, frames = clean_usage(table, settings, problems, accounts, also=window_rows if windows else None,
-                                    profile=profile)
+        usage, frames = clean_usage(table, settings, problems, accounts, also=window_rows, profile=profile)
         return usage, WindowedEvents.taken(pl.read_ipc(path), accounts, windows) if frames else None
 
 
