@@ -105,7 +105,8 @@ def _scan_usage(table: Table, settings: Settings, problems: Problems, accounts: 
         warm.submit(kernels.warm_up)
 
         def window_rows(known: pl.LazyFrame) -> list[pl.LazyFrame]:
-            return [WindowedEvents.plan(known, windows).sink_ipc(path, lazy=True)]
+            # uncompressed, so that it is read back memory-mapped (polars 1.x compressed by default)
+            return [WindowedEvents.plan(known, windows).sink_ipc(path, compression="uncompressed", lazy=True)]
 
         usage, frames = clean_usage(table, settings, problems, accounts, also=window_rows, profile=profile)
         return usage, WindowedEvents.taken(pl.read_ipc(path), accounts, windows) if frames else None
