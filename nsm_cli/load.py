@@ -84,10 +84,6 @@ class Table:
     columns: tuple[str, ...]
     paths: tuple[str, ...]  # the files read
 
-    @property
-    def is_parquet(self) -> bool:
-        return self.paths[0].lower().endswith(PARQUET_SUFFIXES)
-
 
 def normalise_name(name: str) -> str:
     return re.sub(r"[^0-9a-z]+", "_", name.strip().lower()).strip("_")

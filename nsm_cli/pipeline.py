@@ -23,7 +23,7 @@ from nsm_cli.candidates import (
 from nsm_cli.config import Settings
 from nsm_cli.errors import InputError, InsufficientDataError
 from nsm_cli.evidence import MetricMatrix, OutcomeData, gather_evidence, segment_design
-from nsm_cli.load import Table, read_table
+from nsm_cli.load import PARQUET_SUFFIXES, Table, read_table
 from nsm_cli.outcomes import Cohort, build_cohort
 from nsm_cli.ranking import CandidateFacts, Split, find_threshold, holdout_split, outcome_stats, rank_candidates
 from nsm_cli.results import DataSummary, Report
@@ -113,11 +113,11 @@ def _scan_usage(table: Table, settings: Settings, problems: Problems, accounts: 
 
 
 def _windowed_size_bound(table: Table) -> int:
-    """About the most the events inside the windows can take as Arrow (24-32 bytes an event): a CSV log's
-    own size (its lines are longer), or 40 bytes a row of a Parquet log (its row count is in its metadata)."""
-    if table.is_parquet:
-        return 40 * int(pl.scan_parquet(list(table.paths)).select(pl.len()).collect().item())
-    return sum(os.path.getsize(path) for path in table.paths)
+    """About the most the events inside the windows can take as Arrow (24-32 bytes an event): a CSV file's
+    own size (its lines are longer), and 40 bytes a row of a Parquet file (its row count is in its metadata)."""
+    parquet = [path for path in table.paths if path.lower().endswith(PARQUET_SUFFIXES)]
+    rows = int(pl.scan_parquet(parquet).select(pl.len()).collect().item()) if parquet else 0
+    return 40 * rows + sum(os.path.getsize(path) for path in table.paths if path not in parquet)
 
 
 def _outcomes(cohort: Cohort, horizon: float) -> tuple[OutcomeData, OutcomeData | None]:
