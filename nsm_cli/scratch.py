@@ -29,10 +29,10 @@ def scratch_file(name: str, estimate: int, *, headroom: int | None = None) -> It
     """A path to write and then read inside the block; gone after it. `estimate`: about the most the
     file will take, in bytes; `headroom`: the memory left (default: read from the system)."""
     headroom = memory_headroom() if headroom is None else headroom
-    if hasattr(os, "memfd_create") and os.path.isdir("/proc/self/fd") and estimate <= MEMORY_SHARE * (headroom or 0):
-        fd = os.memfd_create(f"nsm-{name}")
+    fd = _memory_file(name) if estimate <= MEMORY_SHARE * (headroom or 0) else None
+    if fd is not None:
         try:
-            yield f"/proc/self/fd/{fd}"  # opened again by path: the same memory file
+            yield _by_path(fd)  # opened again by path: the same memory file
         finally:
             os.close(fd)  # a mapping read from it keeps its pages until it goes
         return
@@ -45,6 +45,23 @@ def scratch_file(name: str, estimate: int, *, headroom: int | None = None) -> It
         raise WriteError.of(f"nsm's scratch file in {tempfile.gettempdir()}", exc,
                             "it holds the events inside the windows during the run (up to about half the size "
                             "of a CSV event log); free space there or set TMPDIR to a folder with room") from None
+
+
+def _memory_file(name: str) -> int | None:
+    """An anonymous memory file that can be opened by path, or None where there is none (not Linux, or a
+    sandbox that forbids it or hides /proc)."""
+    try:
+        fd = os.memfd_create(f"nsm-{name}")
+    except (AttributeError, OSError):
+        return None
+    if not os.path.exists(_by_path(fd)):
+        os.close(fd)
+        return None
+    return fd
+
+
+def _by_path(fd: int) -> str:
+    return f"/proc/self/fd/{fd}"
 
 
 def memory_headroom() -> int | None:

@@ -269,3 +269,15 @@ def test_memory_headroom_is_at_most_the_machine_memory():
         pytest.skip("the system does not say how much memory is available")
     total = next(int(line.split()[1]) * 1024 for line in open("/proc/meminfo") if line.startswith("MemTotal:"))
     assert 0 <= room <= total
+
+
+def test_scratch_file_falls_back_to_tmpdir_where_memory_files_are_forbidden(tmp_path, monkeypatch):
+    from nsm_cli import scratch
+
+    def forbidden(name):
+        raise PermissionError(1, "Operation not permitted")  # as a sandbox's seccomp filter answers
+
+    monkeypatch.setattr(scratch.os, "memfd_create", forbidden, raising=False)
+    monkeypatch.setattr(scratch.tempfile, "tempdir", str(tmp_path))
+    with scratch.scratch_file("a.arrow", 10, headroom=1 << 40) as path:
+        assert path.startswith(str(tmp_path))
