@@ -390,7 +390,7 @@ def keep_freed_memory() -> None:
     less system CPU at 100k, the same peak memory. Only where the C library has glibc's `mallopt`."""
     try:
         mallopt = ctypes.CDLL(None).mallopt
-    except (AttributeError, OSError):
+    except (AttributeError, OSError, TypeError):  # no mallopt (macOS, musl), or no C library by name (Windows)
         return
     m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3  # glibc's malloc.h
     mallopt(m_mmap_threshold, 32 << 20)
