@@ -387,10 +387,10 @@ def keep_freed_memory() -> None:
     """glibc gives a freed block above its mmap threshold (dynamic, from 128 KB) back to the kernel at
     once, so the next large numpy array faults in freshly zeroed pages. With the largest threshold glibc
     allows (32 MB), a high trim threshold and a 64 MB top pad, such blocks are kept for reuse: 0.1-0.2 s
-    less system CPU at 100k, the same peak memory. Only where the C library has glibc's `mallopt`."""
+    less system CPU at 100k, the same peak memory. Only where the C library has a `mallopt`."""
     try:
         mallopt = ctypes.CDLL(None).mallopt
-    except (AttributeError, OSError, TypeError):  # no mallopt (macOS, musl), or no C library by name (Windows)
+    except (AttributeError, OSError, TypeError):  # no mallopt (macOS), or no C library by name (Windows)
         return
     m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3  # glibc's malloc.h
     mallopt(m_mmap_threshold, 32 << 20)
