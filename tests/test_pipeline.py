@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from contextlib import contextmanager
 from datetime import datetime
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -267,7 +268,8 @@ def test_memory_headroom_is_at_most_the_machine_memory():
     room = scratch.memory_headroom()
     if room is None:
         pytest.skip("the system does not say how much memory is available")
-    total = next(int(line.split()[1]) * 1024 for line in open("/proc/meminfo") if line.startswith("MemTotal:"))
+    meminfo = Path("/proc/meminfo").read_text().splitlines()
+    total = next(int(line.split()[1]) * 1024 for line in meminfo if line.startswith("MemTotal:"))
     assert 0 <= room <= total
 
 
