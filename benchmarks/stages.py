@@ -1,15 +1,12 @@
 """`nsm rank`'s analysis with the time spent in each stage (the library's progress callback)."""
 
-import os
 import sys
 import time
 
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # as `nsm` sets them (nsm_cli/cli.py), before numpy loads
-os.environ.setdefault("NUMPY_MADVISE_HUGEPAGE", "0")
-os.environ.setdefault("_RJEM_MALLOC_CONF", f"narenas:{os.cpu_count() or 1}")
-
-from nsm_cli import Settings, analyze  # noqa: E402
-from nsm_cli.cli import keep_freed_memory  # noqa: E402
+# First: importing the command line configures the process as `nsm` does (its environment variables,
+# set before numpy and polars load).
+from nsm_cli.cli import keep_freed_memory  # isort: skip
+from nsm_cli import Settings, analyze  # isort: skip
 
 keep_freed_memory()  # as `nsm` does
 
