@@ -51,9 +51,9 @@ class Format(StrEnum):
     markdown = "markdown"
 
 
-Accounts = Annotated[str | None, typer.Option("--accounts", "-a", help="Accounts CSV/Parquet (or glob): account_id, signup_date, churn_date, ...")]
-UsageOpt = Annotated[str | None, typer.Option("--usage", "-u", help="Usage CSV/Parquet (or glob): event log, periodic table or per-account table.")]
-Mrr = Annotated[str | None, typer.Option("--mrr", help="Optional MRR history: account_id, date, mrr.")]
+Accounts = Annotated[str | None, typer.Option("--accounts", "-a", help="Accounts CSV (plain, .gz or .zst)/Parquet (or glob): account_id, signup_date, churn_date, ...")]
+UsageOpt = Annotated[str | None, typer.Option("--usage", "-u", help="Usage CSV (plain, .gz or .zst)/Parquet (or glob): event log, periodic table or per-account table.")]
+Mrr = Annotated[str | None, typer.Option("--mrr", help="Optional MRR history, CSV or Parquet: account_id, date, mrr.")]
 ConfigOpt = Annotated[Path | None, typer.Option("--config", help="Settings file (default: ./nsm.toml when present).")]
 Column = Annotated[list[str] | None, typer.Option("--column", help="Column mapping ROLE=NAME, e.g. --column account_id=org (repeatable).")]
 Window = Annotated[str | None, typer.Option("--window", help="Observation window after signup (default 30d).")]

@@ -10,15 +10,19 @@ from __future__ import annotations
 
 import difflib
 import glob as globlib
+import gzip
 import io
 import os
 import re
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
 
-from nsm_cli.errors import InputError, SchemaError
+from nsm_cli.errors import InputError, SchemaError, WriteError
 
 LINE = "__line"  # 1-based line number of the record in its file (header = line 1)
 FILE = "__file"
@@ -92,10 +96,11 @@ def normalise_name(name: str) -> str:
 def read_table(source: str, *, what: str) -> Table:
     """Read a CSV/Parquet file or a glob of them; every column as text (CSV) or native (Parquet)."""
     paths = _expand(source, what=what)
-    frames = [_read_one(path) for path in paths]
-    columns = frames[0].collect_schema().names()
-    for path, frame in zip(paths[1:], frames[1:], strict=True):
-        other = frame.collect_schema().names()
+    with reading(tuple(paths)):  # polars 1.x reads far into a compressed file for its columns
+        frames = [_read_one(path) for path in paths]
+        schemas = [frame.collect_schema().names() for frame in frames]
+    columns = schemas[0]
+    for path, other in zip(paths[1:], schemas[1:], strict=True):
         if sorted(other) != sorted(columns):
             raise SchemaError(
                 f"its columns {other} differ from {paths[0]}'s {columns}; every file of a glob "
@@ -136,14 +141,13 @@ def _read_one(path: str) -> pl.LazyFrame:
         except Exception as exc:  # noqa: BLE001 - polars raises many types for a corrupt file
             raise InputError(f"not a readable Parquet file ({exc.__class__.__name__})", file=path) from None
         return frame.with_row_index(LINE, offset=2)
-    with open(path, "rb") as handle:
-        head = handle.read(1 << 16)
+    head, complete, compression = _head(path)
     if not head.strip():
         raise InputError("the file is empty; expected a header line and data rows", file=path)
-    encoding = _sniff_encoding(head, complete=len(head) < (1 << 16))
+    encoding = _sniff_encoding(head, complete=complete)
     text_head = head.decode(encoding, errors="replace").lstrip("\ufeff")
     lines = [line for line in text_head.splitlines() if line.strip()]
-    if len(lines) < 2 and len(head) < (1 << 16):
+    if len(lines) < 2 and complete:
         raise InputError("the file has a header but no data rows", file=path)
     separator = _sniff_separator(lines[0])
     options = dict(
@@ -153,11 +157,88 @@ def _read_one(path: str) -> pl.LazyFrame:
         row_index_offset=2,
         truncate_ragged_lines=True,
     )
-    if encoding == "utf-8":
+    if encoding == "utf-8":  # polars reads gzip and zstd itself, streaming
         return pl.scan_csv(path, **options)
-    with open(path, "rb") as handle:  # Latin-1 (or cp1252): transcode in memory, never on disk
-        data = handle.read().decode(encoding).encode("utf-8")
+    with (gzip.open if compression == "gzip" else open)(path, "rb") as handle:  # Latin-1 (or cp1252):
+        data = handle.read().decode(encoding).encode("utf-8")  # transcode in memory, never on disk
     return pl.read_csv(io.BytesIO(data), **options).lazy()
+
+
+HEAD_BYTES = 1 << 16
+# What a file's first bytes say it is, when it is not text: read (gzip, zstd) or refused with advice.
+_COMPRESSED = ((b"\x1f\x8b", "gzip"), (b"\x28\xb5\x2f\xfd", "zstd"))
+_NOT_CSV = (
+    (b"PK\x03\x04", "a zip archive (an Excel .xlsx workbook is one); extract or export the CSV"),
+    (b"PAR1", "a Parquet file; give it a .parquet name"),
+    (b"\xfd7zXZ\x00", "xz-compressed; decompress it, or compress it with gzip or zstd"),
+    (b"BZh", "bzip2-compressed; decompress it, or compress it with gzip or zstd"),
+)
+
+
+def compression_of(path: str) -> str | None:
+    """'gzip' or 'zstd' when the file is compressed so (by its first bytes), else None."""
+    with open(path, "rb") as handle:
+        start = handle.read(4)
+    return next((kind for magic, kind in _COMPRESSED if start.startswith(magic)), None)
+
+
+@contextmanager
+def reading(paths: tuple[str, ...]) -> Iterator[None]:
+    """Turns what polars raises reading a damaged or cut-short gzip or zstd file of `paths` inside the
+    block (an OSError or, in polars 1.x, a ComputeError) into an InputError naming the file. Other
+    errors pass as they are: the file is blamed only when it does not decompress to its end."""
+    try:
+        yield
+    except (OSError, pl.exceptions.ComputeError) as exc:
+        if isinstance(exc, OSError) and WriteError.is_write_only_failure(exc):
+            raise
+        damaged = next((path for path in paths if compression_of(path) and not _decompresses(path)), None)
+        if damaged is None:
+            raise
+        raise InputError(f"the compressed file is damaged or cut short ({exc}); compress or export it again",
+                         file=damaged) from None
+
+
+def _decompresses(path: str) -> bool:
+    """Whether a gzip or zstd file decompresses to its end (polars reads it, line by line)."""
+    try:
+        pl.scan_csv(path, has_header=False, separator="\x1f", quote_char=None, infer_schema=False,
+                    encoding="utf8-lossy").select(pl.len()).collect(engine="streaming")
+    except (OSError, pl.exceptions.PolarsError):
+        return False
+    return True
+
+
+def _head(path: str) -> tuple[bytes, bool, str | None]:
+    """The first HEAD_BYTES of a CSV file's text (decompressed), whether that is all of it, and its
+    compression. Files of another kind are refused with advice."""
+    with open(path, "rb") as handle:
+        raw = handle.read(HEAD_BYTES)
+    for magic, advice in _NOT_CSV:
+        if raw.startswith(magic) and not (magic == b"BZh" and raw[4:10] != b"1AY&SY"):
+            raise InputError(f"the file is {advice}", file=path)
+    compression = next((kind for magic, kind in _COMPRESSED if raw.startswith(magic)), None)
+    if compression is None:
+        return raw, len(raw) < HEAD_BYTES, None
+    if compression == "gzip":
+        with gzip.open(path, "rb") as handle:
+            try:
+                text = handle.read(HEAD_BYTES + 1)
+            except (OSError, EOFError, zlib.error) as exc:
+                raise InputError(f"the compressed file is damaged or cut short ({exc})", file=path) from None
+        return text[:HEAD_BYTES], len(text) <= HEAD_BYTES, compression
+    # zstd: Python's standard library has no decompressor; polars reads the first lines (as UTF-8, an
+    # invalid byte replaced by U+FFFD)
+    try:
+        lines = pl.scan_csv(path, has_header=False, separator="\x1f", quote_char=None, infer_schema=False,
+                            encoding="utf8-lossy", new_columns=["line"]).head(1000).collect()["line"]
+    except (pl.exceptions.PolarsError, OSError) as exc:
+        raise InputError(f"the compressed file is damaged or cut short ({exc})", file=path) from None
+    text = "\n".join(lines.fill_null("").to_list())
+    if "\ufffd" in text:
+        raise InputError("the zstd-compressed file is not UTF-8 text; re-export it as UTF-8 (nsm reads Latin-1 "
+                         "from plain and gzip files only)", file=path)
+    return text.encode("utf-8"), len(lines) < 1000, compression
 
 
 def _sniff_encoding(head: bytes, *, complete: bool) -> str:

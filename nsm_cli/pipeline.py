@@ -23,7 +23,7 @@ from nsm_cli.candidates import (
 from nsm_cli.config import Settings
 from nsm_cli.errors import InputError, InsufficientDataError
 from nsm_cli.evidence import MetricMatrix, OutcomeData, gather_evidence, segment_design
-from nsm_cli.load import PARQUET_SUFFIXES, Table, read_table
+from nsm_cli.load import PARQUET_SUFFIXES, Table, compression_of, read_table, reading
 from nsm_cli.outcomes import Cohort, build_cohort
 from nsm_cli.ranking import CandidateFacts, Split, find_threshold, holdout_split, outcome_stats, rank_candidates
 from nsm_cli.results import DataSummary, Report
@@ -69,7 +69,8 @@ def load_inputs(settings: Settings, *, windows: tuple[Settings, ...] | None = No
 def _load_inputs(settings: Settings, windows: tuple[Settings, ...], profile: bool) -> Inputs:
     problems = Problems()
     accounts_table = read_table(settings.accounts, what="accounts")
-    accounts, in_file, segments = clean_accounts(accounts_table, settings, problems)
+    with reading(accounts_table.paths):
+        accounts, in_file, segments = clean_accounts(accounts_table, settings, problems)
     if accounts.height == 0:
         raise InsufficientDataError(f"no usable account rows (excluded: {dict(problems.excluded) or 'none'})",
                                     file=accounts_table.name)
@@ -78,8 +79,13 @@ def _load_inputs(settings: Settings, windows: tuple[Settings, ...], profile: boo
     usage_table = read_table(settings.usage, what="usage") if settings.usage else None
     usage, windowed = None, None
     if usage_table:
-        usage, windowed = _scan_usage(usage_table, settings, problems, accounts, windows, profile)
-    mrr = clean_mrr(read_table(settings.mrr, what="MRR"), settings, problems) if settings.mrr else None
+        with reading(usage_table.paths):
+            usage, windowed = _scan_usage(usage_table, settings, problems, accounts, windows, profile)
+    mrr_table = read_table(settings.mrr, what="MRR") if settings.mrr else None
+    mrr = None
+    if mrr_table:
+        with reading(mrr_table.paths):
+            mrr = clean_mrr(mrr_table, settings, problems)
     as_of = settings.as_of or latest_date(accounts, usage, mrr)
     if accounts.height and accounts["signup"].min() > as_of:
         raise InputError(f"--as-of {as_of:%Y-%m-%d} is before every signup (first signup "
@@ -114,10 +120,12 @@ def _scan_usage(table: Table, settings: Settings, problems: Problems, accounts: 
 
 def _windowed_size_bound(table: Table) -> int:
     """About the most the events inside the windows can take as Arrow (24-32 bytes an event): a CSV file's
-    own size (its lines are longer), and 40 bytes a row of a Parquet file (its row count is in its metadata)."""
+    own size (its lines are longer), 20 times that for a gzip or zstd file (event logs compress 5-10
+    times), and 40 bytes a row of a Parquet file (its row count is in its metadata)."""
     parquet = [path for path in table.paths if path.lower().endswith(PARQUET_SUFFIXES)]
     rows = int(pl.scan_parquet(parquet).select(pl.len()).collect().item()) if parquet else 0
-    return 40 * rows + sum(os.path.getsize(path) for path in table.paths if path not in parquet)
+    return 40 * rows + sum(os.path.getsize(path) * (20 if compression_of(path) else 1)
+                           for path in table.paths if path not in parquet)
 
 
 def _outcomes(cohort: Cohort, horizon: float) -> tuple[OutcomeData, OutcomeData | None]:

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from nsm_cli.cli import app
+from nsm_cli.load import read_table
 
 DATA = Path(__file__).parent / "data"
 BASE, BAD = DATA / "base", DATA / "bad"
@@ -46,6 +47,14 @@ FATAL = [
     ("none churned", {"accounts": BAD / "none_churned.csv"}, (), ["churned", "at least 10"]),
     ("too few accounts", {"accounts": BAD / "too_few_accounts.csv"}, (), ["at least 30"]),
     ("corrupt parquet", {"usage": BAD / "corrupt.parquet"}, (), ["corrupt.parquet", "Parquet"]),
+    ("cut-short gzip", {"usage": BAD / "truncated_events.csv.gz"}, (),
+     ["truncated_events.csv.gz", "damaged or cut short"]),
+    ("cut-short zstd", {"usage": BAD / "truncated_events.csv.zst"}, (),
+     ["truncated_events.csv.zst", "damaged or cut short"]),
+    ("bzip2", {"usage": BAD / "events.csv.bz2"}, (), ["events.csv.bz2", "bzip2-compressed", "gzip or zstd"]),
+    ("xz", {"usage": BAD / "events.csv.xz"}, (), ["events.csv.xz", "xz-compressed", "gzip or zstd"]),
+    ("Excel workbook", {"usage": BAD / "events.xlsx"}, (), ["events.xlsx", "zip archive", "export the CSV"]),
+    ("Parquet named .csv", {"usage": BAD / "events_parquet.csv"}, (), ["events_parquet.csv", "Parquet file"]),
 ]
 
 
@@ -99,6 +108,19 @@ def test_partial_problems_are_counted_warnings(case, kwargs, extra, codes, exclu
     assert data["accounts_analysed"] + sum(data["accounts_excluded"].values()) == data["accounts_total"]
     for w in data["warnings"]:
         assert w["count"] >= 0 and w["message"]
+
+
+@pytest.mark.parametrize(("plain", "packed"), [
+    ({"usage": BASE / "events.csv"}, {"usage": BAD / "events.csv.gz"}),
+    ({"usage": BASE / "events.csv"}, {"usage": BAD / "events.csv.zst"}),
+    ({"accounts": BAD / "latin1_accounts.csv"}, {"accounts": BAD / "latin1_accounts.csv.gz"}),
+], ids=["gzip", "zstd", "Latin-1 gzip"])
+def test_compressed_files_give_the_analysis_of_the_plain_ones(plain, packed):
+    expected, got = (json.loads(_run(**kwargs).stdout) for kwargs in (plain, packed))
+    assert got["candidates"] == expected["candidates"]
+    assert got["data"] == expected["data"]
+    if "accounts" in packed:  # decoded as Latin-1, as the plain file is
+        assert "pro-é" in read_table(str(packed["accounts"]), what="accounts").frame.collect()["plan"].to_list()
 
 
 def test_odd_event_names_are_escaped_in_markdown():

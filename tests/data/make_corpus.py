@@ -6,6 +6,12 @@ documents how each file was made.
 
 from __future__ import annotations
 
+import bz2
+import gzip
+import lzma
+import shutil
+import subprocess
+import zipfile
 from pathlib import Path
 
 import polars as pl
@@ -76,6 +82,26 @@ def main() -> None:
     acc.head(12).write_csv(BAD / "too_few_accounts.csv")
     (BAD / "corrupt.parquet").write_bytes(b"PAR1 this is not parquet")
     ev.write_parquet(BAD / "events.parquet")
+    _compressed(ev.write_csv().encode(), latin.write_csv().encode("latin-1"))
+
+
+def _compressed(events: bytes, latin_accounts: bytes) -> None:
+    """Compressed logs nsm reads (gzip, zstd), the same cut short, and files of other kinds it refuses."""
+    packed = gzip.compress(events, mtime=0)
+    (BAD / "events.csv.gz").write_bytes(packed)
+    (BAD / "truncated_events.csv.gz").write_bytes(packed[: len(packed) * 2 // 3])
+    (BAD / "latin1_accounts.csv.gz").write_bytes(gzip.compress(latin_accounts, mtime=0))
+    (BAD / "events.csv.bz2").write_bytes(bz2.compress(events))
+    (BAD / "events.csv.xz").write_bytes(lzma.compress(events))
+    with zipfile.ZipFile(BAD / "events.xlsx", "w", zipfile.ZIP_DEFLATED) as archive:  # a workbook is a zip archive
+        archive.writestr("events.csv", events)
+    (BAD / "events_parquet.csv").write_bytes((BAD / "events.parquet").read_bytes())
+    if shutil.which("zstd") is None:  # Python's standard library cannot write zstd: keep the committed files
+        print("zstd not found: events.csv.zst and truncated_events.csv.zst left as they are")
+        return
+    zst = subprocess.run(["zstd", "-19", "-c"], input=events, capture_output=True, check=True).stdout
+    (BAD / "events.csv.zst").write_bytes(zst)
+    (BAD / "truncated_events.csv.zst").write_bytes(zst[: len(zst) * 2 // 3])
 
 
 if __name__ == "__main__":
