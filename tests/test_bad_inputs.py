@@ -6,6 +6,7 @@ tests/data/base.
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 from pathlib import Path
@@ -190,6 +191,24 @@ def test_fuzzed_inputs_never_crash(tmp_path_factory, accounts, usage, which):
         result = RUNNER.invoke(app, [command, "--accounts", str(a), "--usage", str(u)])
         assert result.exit_code in (0, 1, 3), (command, result.exit_code, result.stderr)
         assert "Traceback" not in result.stderr + result.stdout
+
+
+@settings(max_examples=int(os.environ.get("NSM_FUZZ_EXAMPLES", "30")), deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(content=csv_file(), which=st.sampled_from(["accounts", "usage"]), command=st.sampled_from(["rank", "inspect"]))
+def test_a_gzipped_file_reads_as_the_plain_one(tmp_path_factory, content, which, command):
+    """Whatever a CSV holds (any encoding, separator, damage), its gzip gives the same exit code,
+    output and messages."""
+    folder = tmp_path_factory.mktemp("gzip")
+    plain, packed = folder / "x.csv", folder / "z.csv"  # names of one length: messages compare as text
+    plain.write_bytes(content)
+    packed.write_bytes(gzip.compress(content, mtime=0))
+    runs = []
+    for path in (plain, packed):
+        files = {"accounts": BASE / "accounts.csv", "usage": BASE / "events.csv", which: path}
+        result = RUNNER.invoke(app, [command, "--accounts", str(files["accounts"]), "--usage", str(files["usage"])])
+        runs.append((result.exit_code, result.stdout.replace(str(path), "FILE"), result.stderr.replace(str(path), "FILE")))
+    assert runs[0] == runs[1]
 
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
