@@ -70,7 +70,11 @@ _DATE_FORMATS = (  # fastest first; "Z" is matched literally (UTC), other offset
     "%Y-%m-%dT%H:%M",
     "%Y-%m-%d %H:%M",
     "%Y/%m/%d",
+    "unix:s",  # Unix times (seconds, or milliseconds), as many analytics tools export them:
+    "unix:ms",  # integers (seconds may have a fraction) between 2000 and 2100, so dates like 20250131 are not
 )
+_UNIX = {"unix:s": 1_000_000, "unix:ms": 1_000}  # microseconds per unit
+_UNIX_RANGE = (946_684_800, 4_102_444_800)  # 2000-01-01 to 2100-01-01, in seconds
 _NULL_WORDS = ("na", "n/a", "nan", "null", "none", "#n/a")
 NULL_TOKENS = ("", "-", "--", *_NULL_WORDS, *(w.upper() for w in _NULL_WORDS), *(w.title() for w in _NULL_WORDS),
                "NaN", "N/a")
@@ -326,13 +330,20 @@ def detect_date_formats(frame: pl.LazyFrame, column: str) -> tuple[str, ...]:
             break
         chosen.append(best)
         remaining = remaining.filter(~hits[best])
-    return tuple(chosen) or _DATE_FORMATS[:1]
+    return tuple(chosen)
 
 
 def _parse_one(target: pl.Expr | pl.Series, fmt: str) -> pl.Expr | pl.Series:
     """Parse with one format (an expression or a Series); zoned formats are converted to naive UTC.
     Values with a time of day are nearly all distinct, so polars' cache of parsed values would only
     cost (15% of an event log's scan); plain dates repeat and keep it."""
+    if fmt in _UNIX:
+        if isinstance(target, pl.Series):
+            return pl.DataFrame({"v": target}).select(_parse_one(pl.col("v"), fmt)).to_series()
+        number = target.cast(pl.Float64 if fmt == "unix:s" else pl.Int64, strict=False)
+        lo, hi = (bound * 1_000_000 // _UNIX[fmt] for bound in _UNIX_RANGE)
+        micros = (number * _UNIX[fmt]).round().cast(pl.Int64) if fmt == "unix:s" else number * _UNIX[fmt]
+        return pl.when(number.is_between(lo, hi, closed="left")).then(micros).cast(pl.Datetime("us"))
     cache = "%H" not in fmt
     if "%z" in fmt:
         return target.str.to_datetime(fmt, strict=False, time_unit="us", time_zone="UTC",
@@ -350,6 +361,8 @@ def parse_datetime(column: str, formats: tuple[str, ...], dtype: pl.DataType, *,
         return expr.cast(pl.Datetime("us"))
     value = pl.col(column).cast(pl.String)
     parsed = [_parse_one(value.str.strip_chars() if strip else value, f) for f in formats]
+    if not parsed:  # no format parses the sample: every value fails (and is counted as such)
+        return pl.lit(None, dtype=pl.Datetime("us"))
     return pl.coalesce(parsed) if len(parsed) > 1 else parsed[0]
 
 
@@ -363,4 +376,5 @@ def parse_number(column: str, dtype: pl.DataType) -> pl.Expr:
 
 
 def date_format_label(formats: tuple[str, ...]) -> str:
-    return ", ".join(f.replace("%.f", "[.fff]") for f in formats)
+    names = {"unix:s": "Unix seconds", "unix:ms": "Unix milliseconds"}
+    return ", ".join(names.get(f, f.replace("%.f", "[.fff]")) for f in formats) or "none"

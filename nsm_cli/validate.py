@@ -226,8 +226,8 @@ def date_verdict(n_present: int, n_bad: int, line: int | None, table: Table, col
         example = _raw_value(table, column, line)
         raise InputError(
             f"{n_bad} of {n_present} values are not ISO dates (first: {example!r}); expected dates like "
-            f"2025-01-31 or datetimes like 2025-01-31T09:30:00Z. Formats recognised in the file: "
-            f"{date_format_label(formats) if formats else 'none'}",
+            f"2025-01-31, datetimes like 2025-01-31T09:30:00Z or Unix times (seconds or milliseconds). Formats "
+            f"recognised in the file: {date_format_label(formats)}",
             file=table.name, column=column, row=line)
     zoned = [f for f in formats if "%z" in f]
     if zoned and len(zoned) < len(formats):

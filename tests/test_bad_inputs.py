@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import polars as pl
@@ -18,7 +19,7 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from nsm_cli.cli import app
-from nsm_cli.load import read_table
+from nsm_cli.load import detect_date_formats, parse_datetime, read_table
 
 DATA = Path(__file__).parent / "data"
 BASE, BAD = DATA / "base", DATA / "bad"
@@ -42,7 +43,7 @@ FATAL = [
     ("missing column", {"accounts": BAD / "missing_signup_column.csv"}, (),
      ["missing_signup_column.csv", "no signup_date column", "closest: signup_dt", "--column signup_date=NAME"]),
     ("US dates", {"accounts": BAD / "us_dates_accounts.csv"}, (),
-     ["us_dates_accounts.csv", "column 'signup_date'", "line 2", "not ISO dates", "/"]),
+     ["us_dates_accounts.csv", "column 'signup_date'", "line 2", "not ISO dates", "/", "recognised in the file: none"]),
     ("as-of before data", {}, ("--as-of", "2001-01-01"), ["before every signup"]),
     ("all churned", {"accounts": BAD / "all_churned.csv"}, (), ["stayed", "at least 10"]),
     ("none churned", {"accounts": BAD / "none_churned.csv"}, (), ["churned", "at least 10"]),
@@ -115,13 +116,29 @@ def test_partial_problems_are_counted_warnings(case, kwargs, extra, codes, exclu
     ({"usage": BASE / "events.csv"}, {"usage": BAD / "events.csv.gz"}),
     ({"usage": BASE / "events.csv"}, {"usage": BAD / "events.csv.zst"}),
     ({"accounts": BAD / "latin1_accounts.csv"}, {"accounts": BAD / "latin1_accounts.csv.gz"}),
-], ids=["gzip", "zstd", "Latin-1 gzip"])
-def test_compressed_files_give_the_analysis_of_the_plain_ones(plain, packed):
+    ({"usage": BASE / "events.csv"}, {"usage": BAD / "unix_seconds_events.csv"}),
+    ({"usage": BASE / "events.csv"}, {"usage": BAD / "unix_millis_events.csv"}),
+], ids=["gzip", "zstd", "Latin-1 gzip", "Unix seconds", "Unix milliseconds"])
+def test_compressed_files_and_unix_times_give_the_analysis_of_the_plain_iso_ones(plain, packed):
     expected, got = (json.loads(_run(**kwargs).stdout) for kwargs in (plain, packed))
     assert got["candidates"] == expected["candidates"]
     assert got["data"] == expected["data"]
     if "accounts" in packed:  # decoded as Latin-1, as the plain file is
         assert "pro-é" in read_table(str(packed["accounts"]), what="accounts").frame.collect()["plan"].to_list()
+
+
+def test_unix_times_are_read_in_their_range_only():
+    """Worked out by hand: 1700000000 s is 2023-11-14 22:13:20 UTC. Integers outside 2000-2100 (such as
+    a date written 20250131) are not Unix times."""
+    values = pl.Series(["1700000000", "1700000000.25", "946684799", "20250131", "x", "1700000000000"])
+    assert detect_date_formats(pl.LazyFrame({"t": values[:2]}), "t") == ("unix:s",)
+    assert detect_date_formats(pl.LazyFrame({"t": values[5:]}), "t") == ("unix:ms",)
+    assert detect_date_formats(pl.LazyFrame({"t": values[2:5]}), "t") == ()
+    parsed = pl.DataFrame({"t": values}).select(
+        s=parse_datetime("t", ("unix:s",), pl.String), ms=parse_datetime("t", ("unix:ms",), pl.String))
+    at = datetime(2023, 11, 14, 22, 13, 20)
+    assert parsed["s"].to_list() == [at, at + timedelta(seconds=0.25), None, None, None, None]
+    assert parsed["ms"].to_list() == [None, None, None, None, None, at]
 
 
 def test_odd_event_names_are_escaped_in_markdown():

@@ -80,6 +80,9 @@ def main() -> None:
         BAD / "all_churned.csv")
     acc.with_columns(pl.lit(None, dtype=pl.String).alias("churn_date")).write_csv(BAD / "none_churned.csv")
     acc.head(12).write_csv(BAD / "too_few_accounts.csv")
+    seconds = pl.col("timestamp").str.to_datetime("%Y-%m-%dT%H:%M:%SZ").dt.epoch("s")
+    ev.with_columns(seconds.alias("timestamp")).write_csv(BAD / "unix_seconds_events.csv")
+    ev.with_columns((seconds * 1000).alias("timestamp")).write_csv(BAD / "unix_millis_events.csv")
     (BAD / "corrupt.parquet").write_bytes(b"PAR1 this is not parquet")
     ev.write_parquet(BAD / "events.parquet")
     _compressed(ev.write_csv().encode(), latin.write_csv().encode("latin-1"))
@@ -93,8 +96,9 @@ def _compressed(events: bytes, latin_accounts: bytes) -> None:
     (BAD / "latin1_accounts.csv.gz").write_bytes(gzip.compress(latin_accounts, mtime=0))
     (BAD / "events.csv.bz2").write_bytes(bz2.compress(events))
     (BAD / "events.csv.xz").write_bytes(lzma.compress(events))
-    with zipfile.ZipFile(BAD / "events.xlsx", "w", zipfile.ZIP_DEFLATED) as archive:  # a workbook is a zip archive
-        archive.writestr("events.csv", events)
+    with zipfile.ZipFile(BAD / "events.xlsx", "w") as archive:  # a workbook is a zip archive
+        archive.writestr(zipfile.ZipInfo("events.csv", date_time=(2025, 1, 1, 0, 0, 0)), events,
+                          compress_type=zipfile.ZIP_DEFLATED)
     (BAD / "events_parquet.csv").write_bytes((BAD / "events.parquet").read_bytes())
     if shutil.which("zstd") is None:  # Python's standard library cannot write zstd: keep the committed files
         print("zstd not found: events.csv.zst and truncated_events.csv.zst left as they are")
