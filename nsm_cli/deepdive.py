@@ -21,7 +21,7 @@ from nsm_cli import kernels, stats
 from nsm_cli.config import Settings
 from nsm_cli.errors import UsageError
 from nsm_cli.evidence import OutcomeData, segment_design, standardise
-from nsm_cli.pipeline import Prepared, build_candidates, load_inputs, prepare, rank_prepared
+from nsm_cli.pipeline import Inputs, Prepared, build_candidates, load_inputs, prepare, rank_prepared
 from nsm_cli.ranking import ALPHA, Split, holdout_split, threshold_grid
 from nsm_cli.results import CandidateResult, clean
 
@@ -83,19 +83,27 @@ def validate_metric(settings: Settings, metric: str, *, windows: tuple[float, ..
     dose = dose_response(x, base.churn, sign=sign)
     say("threshold scan")
     by_window = {settings.window_days: base}
+    churn_inputs = _for_churn(inputs)
     for w in windows:
         if w not in by_window:
-            by_window[w] = prepare(inputs, dataclasses.replace(settings, window_days=w), only=metric)
+            by_window[w] = prepare(churn_inputs, dataclasses.replace(settings, window_days=w), only=metric)
     aha = aha_scan(metric, by_window, settings, sign=sign)
     say("stability")
     stability = stability_check(x, base, settings, sign=sign)
     confounding = confounding_check(metric, x, base, ranking.candidates)
-    leading = leading_check(metric, inputs, settings, base, by_window)
+    leading = leading_check(metric, churn_inputs, settings, base, by_window)
     ph = ph_check(x, base.churn, settings.seed)
     verdict, reasons = decide(candidate, aha, stability, confounding, sign)
     report = ValidationReport(metric, ranking.settings, candidate, dose, aha, stability, confounding, leading, ph,
                               verdict, tuple(reasons))
     return dataclasses.replace(report, gate_failures=tuple(check_gates(report, gates, sign)))
+
+
+def _for_churn(inputs: Inputs) -> Inputs:
+    """The inputs the deep dive's other windows need: it measures churn only, so the MRR history goes
+    when the accounts date their churn (it would only derive each window's expansion, ~0.1 s each at
+    100k accounts)."""
+    return dataclasses.replace(inputs, mrr=None) if inputs.has_churn_column else inputs
 
 
 def _windows_read(settings: Settings, windows: tuple[float, ...]) -> tuple[Settings, ...]:

@@ -96,3 +96,24 @@ def test_verdict_names_a_q_value_below_double_precision_instead_of_zero():
         candidate = SimpleNamespace(churn=SimpleNamespace(concordance=0.7, q_value=q), flags=[])
         verdict, reasons = decide(candidate, *evidence)
         assert verdict == "strong" and reasons[0] == f"concordance 0.70, {text}"
+
+
+def test_other_windows_without_the_mrr_history_give_the_same_deep_dive(monkeypatch):
+    """The deep dive measures churn only, so its other windows drop the MRR history when the accounts
+    date their churn (deriving each window's expansion from it cost ~0.1 s at 100k accounts): the report
+    must be the one computed with it. Without a churn column, the MRR dates the churn and stays."""
+    import dataclasses
+
+    from nsm_cli import deepdive
+
+    settings = Settings(accounts=str(SAMPLE / "accounts.csv"), usage=str(SAMPLE / "events.csv"),
+                        mrr=str(SAMPLE / "mrr.csv"))
+    kept = []
+    real = deepdive._for_churn
+    monkeypatch.setattr(deepdive, "_for_churn", lambda inputs: kept.append(real(inputs).mrr is None) or real(inputs))
+    lean = validate_metric(settings, "report_shared.count").to_dict()
+    assert kept == [True]
+    monkeypatch.setattr(deepdive, "_for_churn", lambda inputs: inputs)
+    assert validate_metric(settings, "report_shared.count").to_dict() == lean
+    inputs = deepdive.load_inputs(settings, windows=())
+    assert real(dataclasses.replace(inputs, has_churn_column=False)).mrr is inputs.mrr
