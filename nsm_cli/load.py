@@ -100,11 +100,10 @@ def normalise_name(name: str) -> str:
 def read_table(source: str, *, what: str) -> Table:
     """Read a CSV/Parquet file or a glob of them; every column as text (CSV) or native (Parquet)."""
     paths = _expand(source, what=what)
-    with reading(tuple(paths)):  # polars 1.x reads far into a compressed file for its columns
-        frames = [_read_one(path) for path in paths]
-        schemas = [frame.collect_schema().names() for frame in frames]
-    columns = schemas[0]
-    for path, other in zip(paths[1:], schemas[1:], strict=True):
+    frames = [_read_one(path) for path in paths]
+    columns = frames[0].collect_schema().names()
+    for path, frame in zip(paths[1:], frames[1:], strict=True):
+        other = frame.collect_schema().names()
         if sorted(other) != sorted(columns):
             raise SchemaError(
                 f"its columns {other} differ from {paths[0]}'s {columns}; every file of a glob "
@@ -121,9 +120,14 @@ def read_table(source: str, *, what: str) -> Table:
     return Table(name=source if len(paths) > 1 else paths[0], frame=frame, columns=data_columns, paths=tuple(paths))
 
 
+def _matches(source: str) -> list[str]:
+    """The files a source names: a glob's matches, sorted, or the path itself."""
+    return sorted(globlib.glob(source)) if any(ch in source for ch in "*?[") else [source]
+
+
 def _expand(source: str, *, what: str) -> list[str]:
     if any(ch in source for ch in "*?["):
-        paths = sorted(globlib.glob(source))
+        paths = _matches(source)
         if not paths:
             raise InputError(f"no file matches the {what} pattern {source!r}")
         return paths
@@ -179,35 +183,46 @@ _NOT_CSV = (
 )
 
 
-def compression_of(path: str) -> str | None:
-    """'gzip' or 'zstd' when the file is compressed so (by its first bytes), else None."""
-    with open(path, "rb") as handle:
-        start = handle.read(4)
+def _compression(start: bytes) -> str | None:
     return next((kind for magic, kind in _COMPRESSED if start.startswith(magic)), None)
 
 
+def compression_of(path: str) -> str | None:
+    """'gzip' or 'zstd' when the file is compressed so (by its first bytes), else None."""
+    with open(path, "rb") as handle:
+        return _compression(handle.read(4))
+
+
+def _lines(path: str) -> pl.LazyFrame:
+    """A (compressed) text file's lines as they are, as the column `line`; invalid UTF-8 becomes U+FFFD."""
+    return pl.scan_csv(path, has_header=False, separator="\x1f", quote_char=None, infer_schema=False,
+                       encoding="utf8-lossy", new_columns=["line"])
+
+
 @contextmanager
-def reading(paths: tuple[str, ...]) -> Iterator[None]:
-    """Turns what polars raises reading a damaged or cut-short gzip or zstd file of `paths` inside the
-    block (an OSError or, in polars 1.x, a ComputeError) into an InputError naming the file. Other
-    errors pass as they are: the file is blamed only when it does not decompress to its end."""
+def reading(*sources: str | None) -> Iterator[None]:
+    """Turns what polars raises, inside the block, reading a damaged or cut-short gzip or zstd file of
+    `sources` (files or globs; an OSError, or in polars 1.x a ComputeError) into an InputError naming
+    the file. Other errors pass as they are: a file is blamed only when it does not decompress to its end."""
     try:
         yield
     except (OSError, pl.exceptions.ComputeError) as exc:
         if isinstance(exc, OSError) and WriteError.is_write_only_failure(exc):
             raise
+        paths = [path for source in sources if source for path in _matches(source) if os.path.isfile(path)]
         damaged = next((path for path in paths if compression_of(path) and not _decompresses(path)), None)
         if damaged is None:
             raise
-        raise InputError(f"the compressed file is damaged or cut short ({exc}); compress or export it again",
-                         file=damaged) from None
+        raise _damaged(damaged, exc) from None
+
+
+def _damaged(path: str, exc: Exception) -> InputError:
+    return InputError(f"the compressed file is damaged or cut short ({exc}); compress or export it again", file=path)
 
 
 def _decompresses(path: str) -> bool:
-    """Whether a gzip or zstd file decompresses to its end (polars reads it, line by line)."""
     try:
-        pl.scan_csv(path, has_header=False, separator="\x1f", quote_char=None, infer_schema=False,
-                    encoding="utf8-lossy").select(pl.len()).collect(engine="streaming")
+        _lines(path).select(pl.len()).collect(engine="streaming")
     except (OSError, pl.exceptions.PolarsError):
         return False
     return True
@@ -221,7 +236,7 @@ def _head(path: str) -> tuple[bytes, bool, str | None]:
     for magic, advice in _NOT_CSV:
         if raw.startswith(magic) and not (magic == b"BZh" and raw[4:10] != b"1AY&SY"):
             raise InputError(f"the file is {advice}", file=path)
-    compression = next((kind for magic, kind in _COMPRESSED if raw.startswith(magic)), None)
+    compression = _compression(raw)
     if compression is None:
         return raw, len(raw) < HEAD_BYTES, None
     if compression == "gzip":
@@ -229,15 +244,13 @@ def _head(path: str) -> tuple[bytes, bool, str | None]:
             try:
                 text = handle.read(HEAD_BYTES + 1)
             except (OSError, EOFError, zlib.error) as exc:
-                raise InputError(f"the compressed file is damaged or cut short ({exc})", file=path) from None
+                raise _damaged(path, exc) from None
         return text[:HEAD_BYTES], len(text) <= HEAD_BYTES, compression
-    # zstd: Python's standard library has no decompressor; polars reads the first lines (as UTF-8, an
-    # invalid byte replaced by U+FFFD)
+    # zstd: Python's standard library has no decompressor; polars reads the first lines
     try:
-        lines = pl.scan_csv(path, has_header=False, separator="\x1f", quote_char=None, infer_schema=False,
-                            encoding="utf8-lossy", new_columns=["line"]).head(1000).collect()["line"]
+        lines = _lines(path).head(1000).collect()["line"]
     except (pl.exceptions.PolarsError, OSError) as exc:
-        raise InputError(f"the compressed file is damaged or cut short ({exc})", file=path) from None
+        raise _damaged(path, exc) from None
     text = "\n".join(lines.fill_null("").to_list())
     if "\ufffd" in text:
         raise InputError("the zstd-compressed file is not UTF-8 text; re-export it as UTF-8 (nsm reads Latin-1 "

@@ -56,9 +56,11 @@ def load_inputs(settings: Settings, *, windows: tuple[Settings, ...] | None = No
     """Read and clean every input. An event log's rows inside the observation windows of `windows`
     (default: `settings` alone; none for `()`) are taken in the same scan, so that candidates for
     those windows need no second read; `profile` also counts accounts and times per event type there
-    (for `nsm inspect`). Encoding errors deep inside a large file become InputError."""
+    (for `nsm inspect`). Encoding errors deep inside a large file, and a damaged compressed file, become
+    InputError."""
     try:
-        return _load_inputs(settings, (settings,) if windows is None else windows, profile)
+        with reading(settings.accounts, settings.usage, settings.mrr):  # a damaged compressed file, named
+            return _load_inputs(settings, (settings,) if windows is None else windows, profile)
     except pl.exceptions.ComputeError as exc:
         if "utf-8" not in str(exc).lower() and "utf8" not in str(exc).lower():
             raise
@@ -69,8 +71,7 @@ def load_inputs(settings: Settings, *, windows: tuple[Settings, ...] | None = No
 def _load_inputs(settings: Settings, windows: tuple[Settings, ...], profile: bool) -> Inputs:
     problems = Problems()
     accounts_table = read_table(settings.accounts, what="accounts")
-    with reading(accounts_table.paths):
-        accounts, in_file, segments = clean_accounts(accounts_table, settings, problems)
+    accounts, in_file, segments = clean_accounts(accounts_table, settings, problems)
     if accounts.height == 0:
         raise InsufficientDataError(f"no usable account rows (excluded: {dict(problems.excluded) or 'none'})",
                                     file=accounts_table.name)
@@ -79,13 +80,8 @@ def _load_inputs(settings: Settings, windows: tuple[Settings, ...], profile: boo
     usage_table = read_table(settings.usage, what="usage") if settings.usage else None
     usage, windowed = None, None
     if usage_table:
-        with reading(usage_table.paths):
-            usage, windowed = _scan_usage(usage_table, settings, problems, accounts, windows, profile)
-    mrr_table = read_table(settings.mrr, what="MRR") if settings.mrr else None
-    mrr = None
-    if mrr_table:
-        with reading(mrr_table.paths):
-            mrr = clean_mrr(mrr_table, settings, problems)
+        usage, windowed = _scan_usage(usage_table, settings, problems, accounts, windows, profile)
+    mrr = clean_mrr(read_table(settings.mrr, what="MRR"), settings, problems) if settings.mrr else None
     as_of = settings.as_of or latest_date(accounts, usage, mrr)
     if accounts.height and accounts["signup"].min() > as_of:
         raise InputError(f"--as-of {as_of:%Y-%m-%d} is before every signup (first signup "
