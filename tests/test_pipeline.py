@@ -283,3 +283,13 @@ def test_scratch_file_falls_back_to_tmpdir_where_memory_files_are_forbidden(tmp_
     monkeypatch.setattr(scratch.tempfile, "tempdir", str(tmp_path))
     with scratch.scratch_file("a.arrow", 10, headroom=1 << 40) as path:
         assert path.startswith(str(tmp_path))
+
+
+def test_scratch_estimate_counts_a_compressed_log_at_twenty_times_its_size():
+    from nsm_cli.load import read_table
+    from nsm_cli.pipeline import _windowed_size_bound
+
+    bad = Path(__file__).parent / "data" / "bad"
+    for name, factor in (("events.csv.gz", 20), ("events.csv.zst", 20), ("tab_events.tsv", 1)):
+        table = read_table(str(bad / name), what="usage")
+        assert _windowed_size_bound(table) == factor * (bad / name).stat().st_size
