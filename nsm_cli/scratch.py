@@ -44,7 +44,7 @@ def scratch_file(name: str, estimate: int, *, headroom: int | None = None) -> It
             raise
         raise WriteError.of(f"nsm's scratch file in {tempfile.gettempdir()}", exc,
                             "it holds the events inside the windows during the run (up to about half the size "
-                            "of a CSV event log); free space there or set TMPDIR to a folder with room") from None
+                            "of a CSV event log, a few times that of a compressed one); free space there or set TMPDIR to a folder with room") from None
 
 
 def _memory_file(name: str) -> int | None:
